@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -29,6 +30,10 @@ class _LineLoader(yaml.SafeLoader):
     """SafeLoader that records the line of every mapping key as dotted paths."""
 
 
+class _SafeFloatLoader(yaml.SafeLoader):
+    """SafeLoader with the float fix below."""
+
+
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
     mapping = {}
     for key_node, value_node in node.value:
@@ -42,6 +47,20 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool =
 
 
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+# YAML 1.1 reads ``1e-4`` (no dot) as a string; learning rates are written that way, so read it as a float.
+_FLOAT = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+for _loader in (_LineLoader, _SafeFloatLoader):
+    _loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    _loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
+def safe_load(text: str) -> Any:
+    """``yaml.safe_load`` that reads ``1e-4`` as a float."""
+    return yaml.load(text, Loader=_SafeFloatLoader)
 
 
 @dataclasses.dataclass
@@ -218,7 +237,7 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. train.g_lr=1e-4")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = safe_load(raw) if raw != "" else ""
     except yaml.YAMLError:
         value = raw
     return key.strip(), value
