@@ -1,0 +1,1 @@
+"""RAW/RGB data: file I/O, data-set formats, pairing, augmentation, synthetic data and the torch Dataset."""
