@@ -1,0 +1,58 @@
+"""``isp-search data synth`` (build the embedded synthetic data set) and ``isp-search data check`` (validate one)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("data", help="build the synthetic data set or check a data set folder",
+                                   description="Data-set tools: synthesise the embedded data set, check a folder.")
+    sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+
+    synth = sub.add_parser(
+        "synth",
+        help="write a synthetic RAW/RGB data set (scikit-image photos unprocessed to RAW) in a real layout",
+        description="Unprocess scikit-image's bundled photos into RAW (Brooks et al. 2019) and write RAW beside its "
+        "ground-truth RGB in the MAI 2022 or ZRR layout; splits come from disjoint photos. Same seed, same bytes.",
+    )
+    synth.add_argument("out", metavar="OUT", help="output folder (must be empty or not exist)")
+    synth.add_argument("--format", choices=("mai2022", "zrr"), default="mai2022",
+                       help="layout to write: mai2022 (mediatek_raw/ + fujifilm/*.png) or zrr (huawei_raw/ + "
+                       "canon/*.jpg) (default: mai2022)")
+    synth.add_argument("--n-train", type=int, default=64, help="training samples (default: 64)")
+    synth.add_argument("--n-val", type=int, default=16, help="validation samples (default: 16)")
+    synth.add_argument("--n-test", type=int, default=16, help="test samples (default: 16)")
+    synth.add_argument("--seed", type=int, default=0, help="random seed; same seed gives identical files (default: 0)")
+    synth.add_argument("--size", type=int, default=128, help="side of each square sample in pixels, even (default: 128)")
+    synth.set_defaults(func=run_synth)
+
+    check = sub.add_parser(
+        "check",
+        help="read every file of a data set and report counts, sizes, bit depth, value range and pairing",
+        description="Decode every RAW and RGB file; exit 2 naming the file on a missing counterpart, a corrupt "
+        "image or a wrong bit depth.",
+    )
+    check.add_argument("root", metavar="ROOT", help="data set folder")
+    check.add_argument("--format", required=True, help="data format: zrr, mai2022 or folder")
+    check.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    check.set_defaults(func=run_check)
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    from isp_search.data.synth import synthesize
+
+    out = synthesize(args.out, args.format, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,
+                     seed=args.seed, size=args.size)
+    print(f"wrote {args.format} synthetic data set ({args.n_train} train / {args.n_val} val / {args.n_test} test, "
+          f"{args.size}x{args.size}, seed {args.seed}) to {out}")
+    return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from isp_search.data.check import check_dataset, format_report
+
+    report = check_dataset(args.root, args.format)
+    print(json.dumps(report) if args.json else format_report(report))
+    return 0
