@@ -22,7 +22,7 @@ from isp_search.data.demosaic import ReferenceLook
 from isp_search.data.formats import get_format
 from isp_search.data.io import read_raw, read_rgb
 from isp_search.data.pairing import PAIRINGS, make_pairing
-from isp_search.data.splits import Splits, carve_splits
+from isp_search.data.splits import Splits, carve_splits, load_splits
 from isp_search.errors import UserError
 from isp_search.models.registry import BackboneSpec, spec_for
 
@@ -68,8 +68,8 @@ class RawRGBDataset(Dataset):
         patch_size: int | None = None,
         cache_images: bool | None = None,
     ) -> None:
-        """``splits``: a carving or a record file (read if present, written if not); otherwise the split is
-        carved from ``carve_seed``/``n_val``/``n_test``/``exclude``. ``patch_size`` crops RAW (and aligned images)
+        """``splits``: a carving, or a record file (reused as it is if present, else carved and written there);
+        the carving comes from ``carve_seed``/``n_val``/``n_test``/``exclude``. ``patch_size`` crops RAW (and aligned images)
         to even-aligned square patches (random on train, central elsewhere); augmented items are patch_size too,
         without it they are 2 px smaller than the RAW (the CFA re-alignment crop). ``seed`` drives pairing and
         augmentation draws, which :meth:`set_epoch` re-draws deterministically."""
@@ -91,6 +91,8 @@ class RawRGBDataset(Dataset):
         self.patch_size = patch_size
         if isinstance(splits, Splits):
             self.splits = splits
+        elif splits is not None and Path(splits).is_file():  # reuse a recorded carving as it is
+            self.splits = load_splits(splits, self.root, self.format)
         else:
             self.splits = carve_splits(self.root, format, carve_seed, n_val, n_test, exclude, record=splits)
         self.listing = self.splits.listing(self.root, split)

@@ -92,6 +92,16 @@ def read_exclude(exclude: str | Path | list | tuple | None) -> list[int | str]:
     return [file_id(ln) for ln in lines if ln]
 
 
+def load_splits(record: str | Path, root: str | Path, fmt: str) -> Splits:
+    """A recorded carving, checked against ``fmt`` and the files under ``root``."""
+    rec = Splits.load(record)
+    if rec.format != fmt:
+        raise UserError(f"split record {record} is for format {rec.format!r}, not {fmt!r}")
+    for split in rec.parts:
+        rec.listing(root, split)  # every recorded id must still exist
+    return rec
+
+
 def _default_n(n_train: int) -> int:
     # The paper's 1,024, or an eighth of train for small (e.g. synthetic) sets.
     return max(1, min(PAPER_CARVE, n_train // 8))
@@ -120,9 +130,7 @@ def carve_splits(
                 f"split record {record} was made with format={rec.format} {rec.request}, asked format={fmt} "
                 f"{request}; delete it or ask for the same carving"
             )
-        for split in rec.parts:
-            rec.listing(root, split)  # every recorded id must still exist
-        return rec
+        return load_splits(record, root, fmt)
 
     train = data_format.list_split(root, "train")
     drop = set(read_exclude(exclude))
