@@ -25,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--n-val", type=int, default=16, help="validation samples (default: 16)")
     synth.add_argument("--n-test", type=int, default=16, help="test samples (default: 16)")
     synth.add_argument("--seed", type=int, default=0, help="random seed; same seed gives identical files (default: 0)")
-    synth.add_argument("--size", type=int, default=128, help="side of each square sample in pixels, even (default: 128)")
+    synth.add_argument("--size", type=int, default=128,
+                       help="side of each square sample in pixels, even (default: 128)")
     synth.set_defaults(func=run_synth)
 
     check = sub.add_parser(

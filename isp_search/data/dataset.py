@@ -69,10 +69,10 @@ class RawRGBDataset(Dataset):
         cache_images: bool | None = None,
     ) -> None:
         """``splits``: a carving, or a record file (reused as it is if present, else carved and written there);
-        the carving comes from ``carve_seed``/``n_val``/``n_test``/``exclude``. ``patch_size`` crops RAW (and aligned images)
-        to even-aligned square patches (random on train, central elsewhere); augmented items are patch_size too,
-        without it they are 2 px smaller than the RAW (the CFA re-alignment crop). ``seed`` drives pairing and
-        augmentation draws, which :meth:`set_epoch` re-draws deterministically."""
+        the carving comes from ``carve_seed``/``n_val``/``n_test``/``exclude``. ``patch_size`` crops RAW (and
+        aligned images) to even-aligned square patches (random on train, central elsewhere); augmented items are
+        patch_size too, without it they are 2 px smaller than the RAW (the CFA re-alignment crop). ``seed`` drives
+        pairing and augmentation draws, which :meth:`set_epoch` re-draws deterministically."""
         self.root = Path(root)
         if not self.root.is_dir():
             raise UserError(f"data set folder not found: {self.root}")

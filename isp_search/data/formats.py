@@ -118,7 +118,7 @@ FORMATS: Registry[DataFormat] = Registry("data format")
 FORMATS.add("zrr", DataFormat("zrr", "huawei_raw", "canon", (".png",), (".jpg", ".jpeg"), True,
                               "Zurich RAW-to-RGB: {train,test}/huawei_raw/{i}.png + canon/{i}.jpg"))
 FORMATS.add("mai2022", DataFormat("mai2022", "mediatek_raw", "fujifilm", (".png",), (".png",), True,
-                                  "Fujifilm UltraISP (MAI 2022): {train,val,test}/mediatek_raw/{i}.png + fujifilm/{i}.png"))
+                                  "Fujifilm UltraISP: {train,val,test}/mediatek_raw/{i}.png + fujifilm/{i}.png"))
 FORMATS.add("folder", DataFormat("folder", "raw", "rgb", (".dng", ".png"), (".png", ".jpg", ".jpeg"), False,
                                  "your phone: {split}/raw/*.dng|png + {split}/rgb/*.png|jpg (train unpaired)"))
 
