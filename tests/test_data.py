@@ -251,3 +251,36 @@ def test_data_check_cli(tmp_path):
     (root / "test/fujifilm/0.png").unlink()
     r = _cli("check", root, "--format", "mai2022")
     assert r.returncode == 2 and str(root / "test/mediatek_raw/0.png") in r.stderr and "counterpart" in r.stderr
+
+
+def _write_dng(path: Path, mosaic: np.ndarray, cfa: bytes, black: int, white: int) -> None:
+    """A minimal uncompressed DNG (tifffile) that LibRaw reads; LibRaw wants both sides >= 22."""
+    import tifffile
+
+    identity = [v for x in (1, 0, 0, 0, 1, 0, 0, 0, 1) for v in (x * 10000, 10000)]
+    tags = [
+        (50706, "B", 4, (1, 4, 0, 0), True),  # DNGVersion
+        (271, "s", 0, "Test", True),
+        (272, "s", 0, "Cam", True),
+        (50708, "s", 0, "Test Cam", True),
+        (33421, "H", 2, (2, 2), True),  # CFARepeatPatternDim
+        (33422, "B", 4, tuple(cfa), True),  # CFAPattern, 0 = R, 1 = G, 2 = B
+        (50714, "H", 1, black, True),
+        (50717, "H", 1, white, True),
+        (50721, "2i", 9, identity, True),  # ColorMatrix1
+    ]
+    tifffile.imwrite(path, mosaic, photometric=32803, extratags=tags, subfiletype=0)
+
+
+def test_dng_is_read_as_rggb_10_bit(tmp_path):
+    from isp_search.data.io import read_raw
+
+    m = np.full((32, 48), 1000, np.uint16)  # a GRBG sensor, 12-bit, black 256
+    m[0::2, 1::2] = 3000  # red
+    m[1::2, 0::2] = 500  # blue
+    _write_dng(tmp_path / "a.dng", m, bytes([1, 0, 2, 1]), 256, 4095)
+    raw = read_raw(tmp_path / "a.dng")
+    assert raw.dtype == np.uint16 and raw.shape[0] % 2 == 0 and raw.shape[1] % 2 == 0
+    level = lambda v: round(64 + (v - 256) / (4095 - 256) * (1023 - 64))  # noqa: E731
+    assert np.all(raw[0::2, 0::2] == level(3000)) and np.all(raw[1::2, 1::2] == level(500))  # now RGGB
+    assert np.all(raw[0::2, 1::2] == level(1000)) and np.all(raw[1::2, 0::2] == level(1000))
