@@ -109,6 +109,8 @@ def test_cache_two_processes_build_the_same_store(tmp_path):
     assert [p.name for p in cache.iterdir() if p.is_dir()] == [cache.joinpath(f1).name]  # no leftovers
     want = demosaic_reference(read_raw(paths[3]), "menon2007")
     assert np.abs(a1[3] - want).max() <= 1 / 65535 + 1e-7  # stored as uint16
+    parallel = reference_store(paths, "menon2007", ReferenceLook(), None, tmp_path / "cache2", workers=2)
+    assert np.array_equal(np.stack([parallel[i] for i in range(len(parallel))]), a1)
     # Same inputs -> the cached folder; another demosaicer or look -> another key.
     assert _build((paths, str(cache)))[0] == f1
     k = content_key(paths, "menon2007", ReferenceLook(), None)

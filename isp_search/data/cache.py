@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -83,11 +85,14 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _build(folder: Path, raw_paths: Sequence, compute: Callable[[str], np.ndarray], meta: dict) -> None:
+def _reference_of(path: str, demosaicer: str, look: ReferenceLook, out_size: tuple[int, int] | None) -> np.ndarray:
+    return demosaic_reference(read_raw(path), demosaicer, look, out_size)
+
+
+def _build(folder: Path, refs: Iterable[np.ndarray], meta: dict) -> None:
     shapes, offsets = [], [0]
     with open(folder / "data.u16", "wb") as out:
-        for p in raw_paths:
-            ref = compute(p)
+        for ref in refs:
             q = np.clip(np.rint(ref * SCALE), 0, SCALE).astype("<u2")
             out.write(q.tobytes())
             shapes.append(list(ref.shape[:2]))
@@ -101,8 +106,9 @@ def reference_store(
     look: ReferenceLook = ReferenceLook(),
     out_size: tuple[int, int] | None = None,
     cache_dir: str | os.PathLike | None = None,
+    workers: int = 1,
 ) -> ReferenceStore:
-    """The references of ``raw_paths`` (in order), built once and then read from the cache."""
+    """The references of ``raw_paths`` (in order), built once (``workers`` processes) and then read from the cache."""
     DEMOSAICERS.get(demosaicer)  # fail on a bad name before hashing thousands of files
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     root.mkdir(parents=True, exist_ok=True)
@@ -116,7 +122,12 @@ def reference_store(
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
         try:
             meta = {"demosaicer": demosaicer, "look": look.key(), "out_size": out_size, "count": len(raw_paths)}
-            _build(tmp, raw_paths, lambda p: demosaic_reference(read_raw(p), demosaicer, look, out_size), meta)
+            compute = functools.partial(_reference_of, demosaicer=demosaicer, look=look, out_size=out_size)
+            if workers > 1 and len(raw_paths) > 1:
+                with ProcessPoolExecutor(min(workers, len(raw_paths))) as pool:
+                    _build(tmp, pool.map(compute, raw_paths, chunksize=8), meta)
+            else:
+                _build(tmp, map(compute, raw_paths), meta)
             try:
                 os.rename(tmp, final)
             except OSError:  # a builder without the lock (e.g. lock-less file system) won the race

@@ -67,12 +67,14 @@ class RawRGBDataset(Dataset):
         with_reference: bool = True,
         patch_size: int | None = None,
         cache_images: bool | None = None,
+        reference_workers: int = 1,
     ) -> None:
         """``splits``: a carving, or a record file (reused as it is if present, else carved and written there);
         the carving comes from ``carve_seed``/``n_val``/``n_test``/``exclude``. ``patch_size`` crops RAW (and
         aligned images) to even-aligned square patches (random on train, central elsewhere); augmented items are
         patch_size too, without it they are 2 px smaller than the RAW (the CFA re-alignment crop). ``seed`` drives
-        pairing and augmentation draws, which :meth:`set_epoch` re-draws deterministically."""
+        pairing and augmentation draws, which :meth:`set_epoch` re-draws deterministically. ``reference_workers``
+        processes build a missing reference cache (large real sets)."""
         self.root = Path(root)
         if not self.root.is_dir():
             raise UserError(f"data set folder not found: {self.root}")
@@ -101,7 +103,7 @@ class RawRGBDataset(Dataset):
         self.references: ReferenceStore | None = None
         if with_reference:
             paths = [s.raw_path for s in self.listing.samples]
-            self.references = reference_store(paths, demosaicer, look, None, cache_dir)
+            self.references = reference_store(paths, demosaicer, look, None, cache_dir, reference_workers)
         n_files = len(self.listing.samples) + len(self.listing.rgb_pool)
         self.cache_images = n_files <= AUTO_CACHE_LIMIT if cache_images is None else cache_images
         self._images: dict[Path, np.ndarray] = {}
