@@ -110,6 +110,11 @@ class RawRGBDataset(Dataset):
         self.epoch = 0
         self.set_epoch(0)
 
+    @property
+    def ids(self) -> list[int | str]:
+        """File ids of this split's RAW samples; ``item["index"]`` indexes this list."""
+        return [s.id for s in self.listing.samples]
+
     def set_epoch(self, epoch: int) -> None:
         """Re-draw targets (and augmentations) for ``epoch``; the same (seed, epoch) always gives the same draw.
 

@@ -118,7 +118,7 @@ def carve_splits(
 ) -> Splits:
     """Carve (or reuse) train/val/test ids; with ``record`` the result is written there, or read if it exists.
 
-    ``n_val``/``n_test`` only apply to splits carved from train (default: 1,024 or train/8, whichever is less;
+    ``n_val``/``n_test`` only apply to splits carved from a paired train split (default: 1,024 or train/8, whichever is less;
     0 = none). A record made with other settings is a UserError rather than silently reused.
     """
     data_format = get_format(fmt)
@@ -141,7 +141,7 @@ def carve_splits(
     for split, n in (("val", n_val), ("test", n_test)):
         if data_format.has_split(root, split) and data_format.list_split(root, split).paired:
             parts[split] = SplitPart(split, tuple(s.id for s in data_format.list_split(root, split).samples))
-        elif n != 0:
+        elif n != 0 and train.paired:  # an unpaired train split (folder) gives no evaluation pairs to carve
             to_carve.append((split, _default_n(len(kept)) if n is None else int(n)))
     total = sum(n for _, n in to_carve)
     if total >= len(kept):
