@@ -37,9 +37,16 @@ class ToneMapping(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         l1 = self.level1(x)
         l3 = self.level3(self.level2(l1))
-        up = F.interpolate(l3, size=l1.shape[-2:], mode="bilinear", align_corners=False) + l1
-        illumination = F.interpolate(up, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return x - illumination
+        up = _upsample_to(l3, l1) + l1
+        return x - _upsample_to(up, x)
+
+
+def _upsample_to(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Bilinear x2 when the sizes allow it (a constant-scale Resize exports cleanly to TFLite), else to size."""
+    h, w = like.shape[-2:]
+    if (2 * x.shape[-2], 2 * x.shape[-1]) == (h, w):
+        return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+    return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
 
 
 class ChannelAttention(nn.Module):
