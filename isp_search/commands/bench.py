@@ -1,0 +1,88 @@
+"""``isp-search bench``: latency of an exported model on this CPU (LiteRT, ONNX Runtime, PyTorch) or a phone."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from isp_search.errors import UserError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "bench", help="measure latency: LiteRT/XNNPACK, ONNX Runtime and PyTorch on CPU, or a phone over adb",
+        description="MODEL is a .tflite file, an export folder, a checkpoint or a run folder (exported on the fly "
+        "at --size). CPU: warm-up, repeated runs, median and 10th/90th percentiles. adb: TFLite benchmark_model "
+        "with the GPU delegate (FP16 allowed).")
+    p.add_argument("model", metavar="MODEL", help=".tflite, export folder, checkpoint or run folder")
+    p.add_argument("--target", default="cpu", help="cpu, or adb[:SERIAL] for an Android phone (default: cpu)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads (default: 2)")
+    p.add_argument("--runs", type=int, default=20, help="timed runs (default: 20)")
+    p.add_argument("--warmup", type=int, default=3, help="warm-up runs (default: 3)")
+    p.add_argument("--size", default="1088x1920", help="full output size HxW when exporting (default: MAI 1088x1920)")
+    p.add_argument("--arch", default=None, help="backbone name for a paper-format state_dict")
+    p.add_argument("--benchmark-binary", default=None, help="path of TFLite's benchmark_model for the phone (adb)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (the TFLite result and the others)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from isp_search.export import bench as B
+    from isp_search.export.pipeline import export_model, parse_size
+
+    src = Path(args.model)
+    if not src.exists():
+        raise UserError(f"{src}: no such model file or folder")
+    tflite = onnx = None
+    loaded = None
+    if src.suffix == ".tflite":
+        tflite = src
+    elif src.is_dir() and (src / "model_fp32.tflite").is_file():
+        tflite, onnx = src / "model_fp32.tflite", src / "model.onnx"
+    else:
+        import tempfile
+        from isp_search.models.checkpoint import load_generator
+
+        loaded = load_generator(src, arch=args.arch)
+        out = Path(tempfile.mkdtemp(prefix="isp-bench-"))
+        r = export_model(loaded, out, ["onnx", "tflite"], parse_size(args.size))
+        if not r.passed:
+            raise UserError(f"{src}: export failed its gates: {r.reason}")
+        tflite, onnx = out / "model_fp32.tflite", out / "model.onnx"
+    if args.target.startswith("adb"):
+        if not args.benchmark_binary:
+            raise UserError("--target adb needs --benchmark-binary PATH (TFLite benchmark_model for the phone)")
+        serial = args.target.split(":", 1)[1] if ":" in args.target else None
+        res = B.bench_adb(tflite, args.benchmark_binary, serial=serial, runs=args.runs, warmup=args.warmup)
+        print(json.dumps(res) if args.json else f"{res['target']} {res['device']} ({res['delegate']}): "
+              f"{res['median_ms']:.2f} ms avg")
+        return 0
+    if args.target != "cpu":
+        raise UserError(f"--target {args.target!r}: valid: cpu, adb, adb:SERIAL")
+    res = B.bench_tflite(tflite, args.threads, args.runs, args.warmup)
+    others = []
+    if onnx is not None and Path(onnx).is_file():
+        others.append(B.bench_onnx(onnx, args.threads, args.runs, args.warmup))
+    if loaded is None and src.is_dir():
+        export_json = src / "export.json"
+        if export_json.is_file():
+            from isp_search.models.checkpoint import load_generator
+
+            meta = json.loads(export_json.read_text())
+            try:
+                loaded = load_generator(meta["source"], arch=meta.get("arch"))
+            except UserError:
+                loaded = None
+    if loaded is not None:
+        shape = tuple(res["input_shape"])
+        nchw = (shape[0], shape[3], shape[1], shape[2])
+        others.append(B.bench_torch(loaded.model, nchw, args.threads, args.runs, args.warmup))
+    if args.json:
+        print(json.dumps({**res, "comparison": others}))
+    else:
+        print(f"input {res['input_shape']} (NHWC), {args.threads} threads, {args.runs} runs")
+        print(f"{'runtime':<16}{'median ms':>10}{'p10 ms':>10}{'p90 ms':>10}")
+        for r in [res] + others:
+            print(f"{r['runtime']:<16}{r['median_ms']:>10.2f}{r['p10_ms']:>10.2f}{r['p90_ms']:>10.2f}")
+    return 0
