@@ -1,0 +1,306 @@
+"""Search-space YAML: a base training config, the tuned parameters, the objectives and how the search runs.
+
+Every section is a frozen dataclass read through :mod:`isp_search.configio`, so an unknown key or a bad value
+fails at load as one line naming the file, line and dotted key. ``define_space`` turns the ``space`` section into
+an Optuna define-by-run function (parameters in YAML order; ``when:`` skips a parameter unless earlier ones match).
+The schema is documented in ``search_spaces/README.md``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from isp_search.configio import ConfigError, Source, build, load_yaml
+
+SAMPLERS = ("tpe", "gp", "nsga2", "random")
+EXPORT_FORMATS = ("onnx", "tflite", "tflite_fp16", "tflite_int8")
+LATENCY_METRIC = "latency_ms"
+_CHOICE_TYPES = (type(None), bool, int, float, str)
+
+
+def _pos(v: float) -> bool:
+    return v > 0
+
+
+@dataclass(frozen=True)
+class Param:
+    """One tuned value: a number range or a list of choices, optionally conditional on earlier parameters."""
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = field(default=None, metadata={"check": _pos, "valid": "a number > 0"})
+    choices: tuple[Any, ...] | None = None
+    when: dict[str, Any] | None = None  # {other_param: value or [values]}: sampled only when all match
+
+
+@dataclass(frozen=True)
+class Base:
+    """The training config every trial starts from."""
+
+    config: Any = None  # a path (relative to the space YAML) or an inline mapping
+    overrides: dict[str, Any] = field(default_factory=dict)  # dotted key -> value, applied before the sampled ones
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str
+    direction: Literal["min", "max"] | None = None  # default: the metric's declared direction
+
+
+@dataclass(frozen=True)
+class SearchCfg:
+    sampler: Literal["tpe", "gp", "nsga2", "random"] = "tpe"
+    seed: int = 0
+    num_samples: int = field(default=16, metadata={"check": _pos, "valid": "int > 0"})
+    max_concurrent: int = field(default=1, metadata={"check": _pos, "valid": "int > 0 (= number of GPUs)"})
+    max_failures: int = field(default=3, metadata={"check": lambda v: v >= -1, "valid": "int >= -1"})
+    points_to_evaluate: tuple[dict[str, Any], ...] = ()  # tried first, in order (the paper's defaults)
+
+
+@dataclass(frozen=True)
+class SchedulerCfg:
+    type: Literal["asha", "none"] = "asha"
+    metric: str = "score"
+    grace_period: int = field(default=1, metadata={"check": _pos, "valid": "int > 0"})
+    reduction_factor: float = field(default=3.0, metadata={"check": lambda v: v > 1, "valid": "a number > 1"})
+    max_t: int | None = field(default=None, metadata={"check": _pos, "valid": "int > 0"})  # default: evaluations
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu: float = field(default=1.0, metadata={"check": _pos, "valid": "a number > 0"})
+    gpu: float = field(default=0.0, metadata={"check": lambda v: v >= 0, "valid": "a number >= 0"})
+    custom: dict[str, float] = field(default_factory=dict)  # extra Ray resources, e.g. {rtx4090: 1}
+
+
+@dataclass(frozen=True)
+class StorageCfg:
+    path: str = "results/search"  # local folder, NFS folder (same path on every node) or s3://bucket/prefix
+    optuna: str | None = None  # journal file path or RDB URL; default: <path>/<name>/optuna.journal
+
+
+@dataclass(frozen=True)
+class ExportCfg:
+    top_k: int = field(default=3, metadata={"check": lambda v: v >= 0, "valid": "int >= 0"})
+    formats: tuple[str, ...] = field(
+        default=("tflite",),
+        metadata={"check": lambda v: all(f in EXPORT_FORMATS for f in v), "valid": f"formats among {EXPORT_FORMATS}"},
+    )
+    size: tuple[int, int] = field(
+        default=(1088, 1920),
+        metadata={"check": lambda v: all(s > 0 and s % 4 == 0 for s in v), "valid": "[H, W], multiples of 4"},
+    )
+    threads: int = field(default=4, metadata={"check": _pos, "valid": "int > 0"})
+    runs: int = field(default=20, metadata={"check": _pos, "valid": "int > 0"})
+    latency_targets: dict[str, float] = field(default_factory=dict)  # format -> max median ms
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A whole search-space file."""
+
+    name: str = ""
+    base: Base = field(default_factory=Base)
+    space: dict[str, Param] = field(default_factory=dict)
+    objectives: tuple[Objective, ...] = ()
+    search: SearchCfg = field(default_factory=SearchCfg)
+    scheduler: SchedulerCfg = field(default_factory=SchedulerCfg)
+    resources: Resources = field(default_factory=Resources)
+    storage: StorageCfg = field(default_factory=StorageCfg)
+    export: ExportCfg = field(default_factory=ExportCfg)
+    source: str = ""  # the YAML file this came from
+
+    @property
+    def metric_names(self) -> list[str]:
+        return [o.metric for o in self.objectives]
+
+    @property
+    def modes(self) -> list[str]:
+        return [o.direction or "min" for o in self.objectives]
+
+
+class _NearestSource(Source):
+    """A Source whose ``where`` falls back to the closest enclosing key (list items have no line of their own)."""
+
+    def where(self, key: str) -> str:
+        k = key
+        while k:
+            if k in self.lines:
+                return f"{self.file}:{self.lines[k]}"
+            k = k.rsplit(".", 1)[0] if "." in k else (k.rsplit("[", 1)[0] if "[" in k else "")
+        return self.file
+
+
+def metric_direction(metric: str) -> str:
+    """The declared direction of ``metric`` ('min' | 'max'), from the metric registry."""
+    if metric == LATENCY_METRIC:
+        return "min"
+    from isp_search.metrics import direction
+
+    return direction(metric)
+
+
+def _check_param(name: str, p: Param, src: Source, earlier: dict[str, Param]) -> None:
+    def fail(msg: str, key: str = "") -> ConfigError:
+        dotted = f"space.{name}" + (f".{key}" if key else "")
+        return ConfigError(f"{src.where(dotted)}: {dotted}: {msg}")
+
+    if p.type == "categorical":
+        if not p.choices:
+            raise fail("categorical needs a non-empty list 'choices'", "choices")
+        for k in ("low", "high", "step"):
+            if getattr(p, k) is not None:
+                raise fail(f"'{k}' is for float/int; categorical takes only 'choices'", k)
+        if any(not isinstance(c, _CHOICE_TYPES) for c in p.choices):
+            raise fail("choices must be numbers, strings, booleans or null", "choices")
+    else:
+        if p.choices is not None:
+            raise fail(f"'choices' is for categorical; {p.type} takes low/high", "choices")
+        if p.low is None or p.high is None:
+            raise fail(f"{p.type} needs 'low' and 'high'", "low" if p.low is None else "high")
+        if not (math.isfinite(p.low) and math.isfinite(p.high)) or p.low > p.high:
+            raise fail(f"expected low <= high, got low={p.low}, high={p.high}", "high")
+        if p.log and p.low <= 0:
+            raise fail(f"log scale needs low > 0, got {p.low}", "low")
+        if p.log and p.step is not None:
+            raise fail("'step' and 'log: true' cannot be combined (Optuna)", "step")
+        if p.type == "int" and any(v is not None and float(v) != int(v) for v in (p.low, p.high, p.step)):
+            raise fail("int parameters need integer low/high/step", "low")
+    for other, value in (p.when or {}).items():
+        if other not in earlier:
+            raise fail(f"condition on {other!r}, which is not a parameter defined above; defined: "
+                       f"{', '.join(earlier) or '(none)'}", f"when.{other}")
+        allowed = value if isinstance(value, list) else [value]
+        ref = earlier[other]
+        if ref.type == "categorical" and any(v not in ref.choices for v in allowed):
+            raise fail(f"{value!r} is not among the choices of {other}: {list(ref.choices)}", f"when.{other}")
+
+
+def _resolve_storage(path: str, base_dir: Path) -> str:
+    if "://" in path:
+        return path
+    p = Path(os.path.expanduser(path))
+    return str(p if p.is_absolute() else (Path.cwd() / p).resolve())
+
+
+def parse_space(data: Any, src: Source, yaml_dir: Path | None = None) -> SearchSpace:
+    """Validate a loaded search-space mapping; relative base config paths are resolved against ``yaml_dir``."""
+    src = _NearestSource(src.file, src.lines)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{src.file}: expected a mapping with sections base, space, objectives, search, ...")
+    raw = dict(data)
+    params_raw = raw.pop("space", None) or {}
+    objectives_raw = raw.pop("objectives", None)
+    if "source" in raw:
+        raise ConfigError(f"{src.where('source')}: unknown key source")
+    cfg = build(SearchSpace, raw, src)
+    if not isinstance(params_raw, dict):
+        raise ConfigError(f"{src.where('space')}: space: expected a mapping of dotted config key -> parameter")
+    if not params_raw:
+        raise ConfigError(f"{src.where('space')}: space: no parameters to tune")
+    params: dict[str, Param] = {}
+    for name, spec in params_raw.items():
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{src.where('space.' + str(name))}: space.{name}: expected a mapping with 'type'")
+        if "type" not in spec:
+            raise ConfigError(f"{src.where('space.' + str(name))}: space.{name}: missing 'type' "
+                              "(float, int or categorical)")
+        p = build(Param, spec, src, prefix=f"space.{name}.")
+        _check_param(str(name), p, src, params)
+        params[str(name)] = p
+    objectives = _parse_objectives(objectives_raw, src)
+    base = cfg.base
+    if isinstance(base.config, str):
+        path = Path(os.path.expanduser(base.config))
+        if not path.is_absolute():
+            path = (yaml_dir or Path.cwd()) / path
+        if not path.is_file():
+            raise ConfigError(f"{src.where('base.config')}: base.config: no such file {path}")
+        base = replace(base, config=str(path.resolve()))
+    elif base.config is not None and not isinstance(base.config, dict):
+        raise ConfigError(f"{src.where('base.config')}: base.config: expected a file path or a mapping")
+    elif base.config is None:
+        raise ConfigError(f"{src.where('base')}: base.config: missing (a training config path or mapping)")
+    for i, point in enumerate(cfg.search.points_to_evaluate):
+        unknown = [k for k in point if k not in params]
+        if unknown:
+            raise ConfigError(f"{src.where('search.points_to_evaluate')}: search.points_to_evaluate[{i}]: "
+                              f"unknown parameter {unknown[0]!r}; parameters: {', '.join(params)}")
+    storage = replace(cfg.storage, path=_resolve_storage(cfg.storage.path, yaml_dir or Path.cwd()))
+    if storage.optuna and "://" not in storage.optuna:
+        storage = replace(storage, optuna=_resolve_storage(storage.optuna, Path.cwd()))
+    name = cfg.name or Path(src.file).stem
+    return replace(cfg, name=name, base=base, space=params, objectives=objectives, storage=storage,
+                   source=str(Path(src.file).resolve()) if os.path.exists(src.file) else src.file)
+
+
+def _parse_objectives(raw: Any, src: Source) -> tuple[Objective, ...]:
+    if raw is None:
+        raw = [{"metric": "lpips"}, {"metric": "psnr"}]
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"{src.where('objectives')}: objectives: expected a non-empty list of "
+                          "{metric, direction}")
+    out: list[Objective] = []
+    for i, item in enumerate(raw):
+        key = f"objectives[{i}]"
+        if isinstance(item, str):
+            item = {"metric": item}
+        o = build(Objective, item, src, prefix=key + ".")
+        try:
+            declared = metric_direction(o.metric)
+        except ImportError:
+            raise
+        except Exception as e:  # an unknown metric name: the registry's message lists the valid ones
+            raise ConfigError(f"{src.where(key)}: {key}.metric: {e}") from None
+        out.append(replace(o, direction=o.direction or declared))
+    names = [o.metric for o in out]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{src.where('objectives')}: objectives: metric listed twice in {names}")
+    return tuple(out)
+
+
+def load_space(path: str | os.PathLike) -> SearchSpace:
+    """Read and validate a search-space YAML file."""
+    data, src = load_yaml(path)
+    return parse_space(data, src, Path(path).resolve().parent)
+
+
+def _condition_holds(p: Param, sampled: dict[str, Any]) -> bool:
+    for other, value in (p.when or {}).items():
+        allowed = value if isinstance(value, list) else [value]
+        if other not in sampled or sampled[other] not in allowed:
+            return False
+    return True
+
+
+def suggest(trial: Any, space: SearchSpace) -> dict[str, Any]:
+    """Sample every active parameter of ``space`` from an Optuna trial; returns dotted key -> value."""
+    sampled: dict[str, Any] = {}
+    for name, p in space.space.items():
+        if not _condition_holds(p, sampled):
+            continue
+        if p.type == "categorical":
+            sampled[name] = trial.suggest_categorical(name, list(p.choices))
+        elif p.type == "int":
+            sampled[name] = trial.suggest_int(name, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
+        else:
+            sampled[name] = trial.suggest_float(name, p.low, p.high, step=p.step, log=p.log)
+    return sampled
+
+
+def define_space(trial: Any, space: SearchSpace) -> None:
+    """Define-by-run body for ``OptunaSearch``: the sampled values are captured from the ``suggest_*`` calls."""
+    suggest(trial, space)
+
+
+def define_by_run(space: SearchSpace):
+    """A one-argument define-by-run function for ``OptunaSearch(space=...)``; picklable (a partial)."""
+    import functools
+
+    return functools.partial(define_space, space=space)

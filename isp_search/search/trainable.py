@@ -1,0 +1,118 @@
+"""``train()`` wrapped as a Ray Tune function trainable.
+
+Every evaluation of the trainer becomes a ``tune.report`` carrying the validation metrics and the trainer's
+checkpoint folder (so a trial whose worker dies restarts from it via ``tune.get_checkpoint()``). The closing report
+has ``final=1``, the trial's status and the objective values of its best evaluation so far (by the scheduler's
+scalar ``score``); the searcher reads that report to tell Optuna COMPLETE, PRUNED or FAIL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from isp_search.search.space import LATENCY_METRIC, SearchSpace
+
+STATE_FILE = "search_state.json"  # best-so-far tracker, stored inside each reported checkpoint
+
+
+class BestSoFar:
+    """The evaluation with the best ``score`` seen so far (survives restarts through the checkpoint)."""
+
+    def __init__(self, score: str, mode: str) -> None:
+        self.score, self.mode = score, mode
+        self.best: dict[str, Any] | None = None
+
+    def update(self, step: int, metrics: dict[str, Any]) -> None:
+        s = metrics.get(self.score)
+        if not isinstance(s, (int, float)) or not math.isfinite(s):
+            return
+        if self.best is None or (s > self.best[self.score] if self.mode == "max" else s < self.best[self.score]):
+            self.best = {**{k: v for k, v in metrics.items() if _plain(v)}, "step": step}
+
+    def save(self, folder: str | Path) -> None:
+        (Path(folder) / STATE_FILE).write_text(json.dumps({"best": self.best}))
+
+    def load(self, folder: str | Path) -> None:
+        p = Path(folder) / STATE_FILE
+        if p.is_file():
+            self.best = json.loads(p.read_text()).get("best")
+
+
+def _plain(v: Any) -> bool:
+    return isinstance(v, (int, float, str, bool)) or v is None
+
+
+def _numbers(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Ray results must be serialisable; keep scalars only (tensors become floats)."""
+    out: dict[str, Any] = {}
+    for k, v in metrics.items():
+        if hasattr(v, "item"):
+            v = v.item()
+        if _plain(v):
+            out[k] = v
+    return out
+
+
+def run_trial(config: dict[str, Any], *, space: SearchSpace, base_cfg: Any, score_mode: str) -> None:
+    """The Ray Tune function trainable: apply the sampled values to ``base_cfg`` and train, reporting as it goes."""
+    from isp_search.train import apply_overrides, train
+
+    cfg = apply_overrides(base_cfg, dict(config))
+    ctx = tune.get_context()
+    run_dir = Path(ctx.get_trial_dir()) / "run"
+    tracker = BestSoFar(space.scheduler.metric, score_mode)
+
+    def report(step: int, metrics: dict[str, Any], checkpoint_dir: str) -> None:
+        values = _numbers(metrics)
+        tracker.update(step, values)
+        tracker.save(checkpoint_dir)
+        tune.report({**values, "step": step}, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
+
+    checkpoint = tune.get_checkpoint()
+    resume_ctx = checkpoint.as_directory() if checkpoint else contextlib.nullcontext(None)
+    with resume_ctx as resume_dir:
+        if resume_dir:
+            tracker.load(resume_dir)
+        summary = train(cfg, run_dir, report=report, resume=resume_dir)
+    tune.report(final_report(summary, tracker, space, run_dir))
+
+
+def final_report(summary: dict[str, Any], tracker: BestSoFar, space: SearchSpace, run_dir: Path) -> dict[str, Any]:
+    """The closing result: best-so-far values under the objective names, the trial status and test metrics."""
+    status = str(summary.get("status", "completed"))
+    out: dict[str, Any] = {"final": 1, "trial_status": status, "run_dir": str(run_dir)}
+    reason = summary.get("reason") or summary.get("fail_reason") or summary.get("error")
+    if status != "completed":
+        step = summary.get("step")
+        out["fail_reason"] = f"{reason or status}" + (f" at step {step}" if step is not None else "")
+    best = tracker.best or {}
+    for k, v in best.items():
+        if k != "step":
+            out[k] = v
+    out["best_step"] = out["step"] = best.get("step", -1)
+    for k, v in _numbers({k: v for k, v in summary.items() if k not in ("status", "reason", "step")}).items():
+        out[f"summary/{k}"] = v
+    test = summary.get("test")
+    if isinstance(test, dict):
+        out.update({f"test/{k}": v for k, v in _numbers(test).items()})
+    if status == "completed" and tracker.best is None:
+        out.update(trial_status="no_evaluation", fail_reason="the trainer reported no finite evaluation")
+    if status == "completed" and LATENCY_METRIC in space.metric_names and tracker.best is not None:
+        out[LATENCY_METRIC] = trial_latency(run_dir, space)
+    return out
+
+
+def trial_latency(run_dir: Path, space: SearchSpace) -> float:
+    """Median LiteRT latency (ms) of the trial's model at the export size, for a latency objective."""
+    from isp_search.export import bench_tflite, export_model
+
+    result = export_model(run_dir, run_dir / "latency_export", formats=["tflite"], size=tuple(space.export.size))
+    if "tflite" not in result.paths:
+        return float("nan")
+    return float(bench_tflite(result.paths["tflite"], threads=space.export.threads, runs=space.export.runs)["median_ms"])
