@@ -1,0 +1,19 @@
+"""Shared fixtures: a small synthetic data set in the real MAI 2022 layout, built once per session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory):
+    from isp_search.data.synth import synthesize
+
+    root = tmp_path_factory.mktemp("synth") / "mai2022"
+    synthesize(root, "mai2022", n_train=8, n_val=4, n_test=4, seed=0, size=64)
+    return root
