@@ -94,10 +94,11 @@ def parse_benchmark_model(text: str) -> dict:
     init, first, warm, avg = (float(v) for v in m.groups())
     out = {"init_us": init, "first_inference_us": first, "warmup_avg_us": warm, "inference_avg_us": avg,
            "median_ms": avg / 1e3}
-    runs = re.search(r"count=(\d+)\s+first=\S+\s+curr=\S+\s+min=(\S+)\s+max=(\S+)\s+avg=(\S+)\s+std=(\S+)", text)
-    if runs:
-        out.update(runs=int(runs.group(1)), min_us=float(runs.group(2)), max_us=float(runs.group(3)),
-                   std_us=float(runs.group(5)))
+    # the last "count=" line is the timed run (the first is the warm-up)
+    all_runs = re.findall(r"count=(\d+)\s+first=\S+\s+curr=\S+\s+min=(\S+)\s+max=(\S+)\s+avg=(\S+)\s+std=(\S+)", text)
+    if all_runs:
+        runs = [None, *all_runs[-1]]
+        out.update(runs=int(runs[1]), min_us=float(runs[2]), max_us=float(runs[3]), std_us=float(runs[5]))
     gpu = re.search(r"(?:Created TensorFlow Lite delegate for GPU|GPU delegate created)", text)
     out["delegate"] = "gpu" if gpu or "Use gpu: [1]" in text else "cpu"
     return out

@@ -11,7 +11,7 @@ import fcntl
 import json
 import os
 import subprocess
-import time
+from datetime import datetime, timezone
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -28,7 +28,7 @@ LATENCY = pa.struct([("target", pa.string()), ("runtime", pa.string()), ("median
                      ("device", pa.string()), ("delegate", pa.string()), ("size", pa.string())])
 
 SCHEMA = pa.schema([
-    ("model_id", pa.string()), ("created", pa.timestamp("s", tz="UTC")), ("kind", pa.string()),
+    ("model_id", pa.string()), ("created", pa.timestamp("ms", tz="UTC")), ("kind", pa.string()),
     ("backbone", pa.string()), ("mode", pa.string()), ("preset", pa.string()),
     ("search_id", pa.string()), ("trial_id", pa.string()), ("config", pa.string()),
     ("params", pa.int64()), ("macs", pa.int64()), ("macs_size", pa.string()),
@@ -68,7 +68,7 @@ def normalise_row(row: dict) -> dict:
     if unknown:
         raise ValueError(f"leaderboard row has unknown columns {sorted(unknown)}")
     out = {name: row.get(name) for name in SCHEMA.names}
-    out["created"] = out["created"] or int(time.time())
+    out["created"] = out["created"] or datetime.now(timezone.utc)
     for key in ("config", "parity"):
         if out[key] is not None and not isinstance(out[key], str):
             out[key] = json.dumps(out[key], sort_keys=True, default=str)
