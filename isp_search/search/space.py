@@ -85,20 +85,26 @@ class StorageCfg:
     optuna: str | None = None  # journal file path or RDB URL; default: <path>/<name>/optuna.journal
 
 
+def _size_ok(v: tuple[int, int]) -> bool:
+    return all(s > 0 and s % 4 == 0 for s in v)
+
+
 @dataclass(frozen=True)
 class ExportCfg:
+    """What happens after the search: the Pareto-optimal trials are exported, gated, timed and ranked."""
+
     top_k: int = field(default=3, metadata={"check": lambda v: v >= 0, "valid": "int >= 0"})
     formats: tuple[str, ...] = field(
-        default=("tflite",),
+        default=("onnx", "tflite", "tflite_fp16"),
         metadata={"check": lambda v: all(f in EXPORT_FORMATS for f in v), "valid": f"formats among {EXPORT_FORMATS}"},
     )
-    size: tuple[int, int] = field(
-        default=(1088, 1920),
-        metadata={"check": lambda v: all(s > 0 and s % 4 == 0 for s in v), "valid": "[H, W], multiples of 4"},
-    )
-    threads: int = field(default=4, metadata={"check": _pos, "valid": "int > 0"})
-    runs: int = field(default=20, metadata={"check": _pos, "valid": "int > 0"})
-    latency_targets: dict[str, float] = field(default_factory=dict)  # format -> max median ms
+    size: tuple[int, int] = field(default=(256, 256), metadata={"check": _size_ok, "valid": "[H, W], multiples of 4"})
+    bench_size: tuple[int, int] = field(default=(1088, 1920),
+                                        metadata={"check": _size_ok, "valid": "[H, W], multiples of 4"})
+    threads: int = field(default=2, metadata={"check": _pos, "valid": "int > 0"})
+    runs: int = field(default=10, metadata={"check": _pos, "valid": "int > 0"})
+    latency_targets: dict[str, float] = field(default_factory=dict)  # target (cpu, ...) -> max median ms
+    results: str = "results"  # leaderboard.parquet, its HTML report, exports and plots go here
 
 
 @dataclass(frozen=True)
@@ -182,7 +188,8 @@ def _check_param(name: str, p: Param, src: Source, earlier: dict[str, Param]) ->
             raise fail(f"{value!r} is not among the choices of {other}: {list(ref.choices)}", f"when.{other}")
 
 
-def _resolve_storage(path: str, base_dir: Path) -> str:
+def absolute_path(path: str) -> str:
+    """URIs stay; local paths become absolute against the working directory (trials change theirs)."""
     if "://" in path:
         return path
     p = Path(os.path.expanduser(path))
@@ -232,11 +239,15 @@ def parse_space(data: Any, src: Source, yaml_dir: Path | None = None) -> SearchS
         if unknown:
             raise ConfigError(f"{src.where('search.points_to_evaluate')}: search.points_to_evaluate[{i}]: "
                               f"unknown parameter {unknown[0]!r}; parameters: {', '.join(params)}")
-    storage = replace(cfg.storage, path=_resolve_storage(cfg.storage.path, yaml_dir or Path.cwd()))
+    storage = replace(cfg.storage, path=absolute_path(cfg.storage.path))
     if storage.optuna and "://" not in storage.optuna:
-        storage = replace(storage, optuna=_resolve_storage(storage.optuna, Path.cwd()))
+        storage = replace(storage, optuna=absolute_path(storage.optuna))
+    export = replace(cfg.export, results=absolute_path(cfg.export.results))
+    if "://" in export.results:
+        raise ConfigError(f"{src.where('export.results')}: export.results: expected a local folder, got "
+                          f"{export.results!r}")
     name = cfg.name or Path(src.file).stem
-    return replace(cfg, name=name, base=base, space=params, objectives=objectives, storage=storage,
+    return replace(cfg, name=name, base=base, space=params, objectives=objectives, storage=storage, export=export,
                    source=str(Path(src.file).resolve()) if os.path.exists(src.file) else src.file)
 
 

@@ -112,7 +112,7 @@ def trial_latency(run_dir: Path, space: SearchSpace) -> float:
     """Median LiteRT latency (ms) of the trial's model at the export size, for a latency objective."""
     from isp_search.export import bench_tflite, export_model
 
-    result = export_model(run_dir, run_dir / "latency_export", formats=["tflite"], size=tuple(space.export.size))
+    result = export_model(run_dir, run_dir / "latency_export", formats=["tflite"], size=tuple(space.export.bench_size))
     if "tflite" not in result.paths:
         return float("nan")
     return float(bench_tflite(result.paths["tflite"], threads=space.export.threads, runs=space.export.runs)["median_ms"])

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from isp_search.errors import UserError
-from isp_search.search.space import ExportCfg, Resources, SchedulerCfg, SearchSpace, metric_direction
+from isp_search.search.space import Resources, SchedulerCfg, SearchSpace, metric_direction
 
 META_FILE = "isp_search.json"
 
@@ -102,7 +102,8 @@ def smoke_space(space: SearchSpace) -> SearchSpace:
         search=replace(space.search, num_samples=2, max_concurrent=1, points_to_evaluate=space.search.points_to_evaluate[:1]),
         scheduler=SchedulerCfg(type="none", metric=space.scheduler.metric),
         resources=Resources(cpu=1.0),
-        export=ExportCfg(top_k=1, formats=("tflite",), size=(64, 64), threads=1, runs=3),
+        export=replace(space.export, top_k=1, formats=("tflite",), size=(64, 64), bench_size=(64, 64), threads=1,
+                       runs=3),
     )
 
 
@@ -161,7 +162,7 @@ def _trial_dirname(trial: Any) -> str:
 
 
 def run_search(space: SearchSpace, name: str | None = None, resume: bool = False, address: str | None = None):
-    """Run (or resume) the search described by ``space``; returns ``(experiment, ResultGrid)``."""
+    """Run (or resume) the search described by ``space``; returns ``(experiment, ResultGrid, info)``."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the classic CLIReporter table, with both objectives as columns
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "0")
@@ -207,4 +208,11 @@ def run_search(space: SearchSpace, name: str | None = None, resume: bool = False
             ),
         )
     results = tuner.fit()
-    return exp, results
+    return exp, results, {"score_mode": score_mode, "data": data_of(cfg), "mode": getattr(cfg, "mode", None)}
+
+
+def data_of(cfg: Any) -> tuple[str, str] | None:
+    """(root, format) of the trainer config's data set, for export calibration and sample crops."""
+    data = getattr(cfg, "data", None)
+    root, fmt = getattr(data, "root", None), getattr(data, "format", None)
+    return (str(root), str(fmt)) if root and fmt else None

@@ -1,0 +1,61 @@
+"""``isp-search search SPACE.yaml``: run (or resume) a distributed hyper-parameter search with Ray Tune + Optuna."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "search", help="run or resume a multi-objective hyper-parameter search (Ray Tune + Optuna) from a space YAML",
+        description="Train one model per trial on a local or remote Ray cluster, searched by Optuna on the "
+        "objectives of SPACE.yaml (default LPIPS down, PSNR up), ASHA on the scalar score; then export, gate and "
+        "time the Pareto-optimal trials and add them to the leaderboard. Schema: search_spaces/README.md.")
+    p.add_argument("space", metavar="SPACE.yaml", help="search-space file (see search_spaces/)")
+    p.add_argument("--name", default=None,
+                   help="experiment name (default: <space name>-<date-time>; with --resume: the newest one)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted search (finished trials kept, running ones from their checkpoint)")
+    p.add_argument("--storage", default=None,
+                   help="experiment storage: local folder, NFS folder mounted on every node, or s3://bucket/prefix "
+                   "(overrides storage.path)")
+    p.add_argument("--results", default=None,
+                   help="folder for the leaderboard, its HTML report, exports and plots (overrides export.results)")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster to join (e.g. ray://head:10001 or auto); default: $RAY_ADDRESS under "
+                   "`ray job submit`, else a local Ray started in this process")
+    p.add_argument("--num-samples", type=int, default=None, help="override search.num_samples")
+    p.add_argument("--smoke-test", action="store_true",
+                   help="the same space on the tiny CPU config (configs/smoke_unpaired.yaml), 2 trials, seconds")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from isp_search.errors import UserError
+    from isp_search.search.space import absolute_path, load_space
+
+    space = load_space(args.space)
+    if args.storage:
+        space = replace(space, storage=replace(space.storage, path=absolute_path(args.storage)))
+    if args.results:
+        space = replace(space, export=replace(space.export, results=absolute_path(args.results)))
+    if args.num_samples is not None:
+        if args.num_samples <= 0:
+            raise UserError(f"--num-samples {args.num_samples}: expected an int > 0")
+        space = replace(space, search=replace(space.search, num_samples=args.num_samples))
+    return run_space(space, name=args.name, resume=args.resume, address=args.address, smoke=args.smoke_test)
+
+
+def run_space(space, name: str | None = None, resume: bool = False, address: str | None = None,
+              smoke: bool = False) -> int:
+    """Search, then export the Pareto trials and print the table; the exit code is 0 when a trial completed."""
+    from isp_search.search.post import finish, format_summary
+    from isp_search.search.tuner import run_search, smoke_space
+
+    if smoke:
+        space = smoke_space(space)
+    exp, results, info = run_search(space, name=name, resume=resume, address=address)
+    summary = finish(space, exp, results, score_mode=info["score_mode"], data=info["data"], mode=info["mode"])
+    print(format_summary(summary, space, exp))
+    return 0 if summary.pareto else 1
