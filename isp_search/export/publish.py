@@ -25,15 +25,30 @@ class Published:
 
 
 def count_macs(model: torch.nn.Module, spec, height: int, width: int) -> int:
-    """Multiply-accumulates of one forward pass at full size ``height`` x ``width`` (counted on the meta device)."""
-    from torch.utils.flop_counter import FlopCounterMode
+    """Multiply-accumulates of the convolutions and linear layers in one forward pass at ``height`` x ``width``.
+
+    Counted with forward hooks on the meta device (no compute). torch's FlopCounterMode is not used here because
+    importing it pulls in triton, which crashes in a process that has loaded TensorFlow for the export.
+    """
     import copy
 
     m = copy.deepcopy(model).to("meta").eval()
-    x = example_input(spec, height, width).to("meta")
-    with FlopCounterMode(display=False) as fc, torch.no_grad():
-        m(x)
-    return int(fc.get_total_flops() // 2)
+    total = 0
+
+    def hook(mod, inputs, output):
+        nonlocal total
+        if isinstance(mod, torch.nn.Conv2d):
+            k = mod.kernel_size[0] * mod.kernel_size[1] * mod.in_channels // mod.groups
+            total += output.numel() * k
+        elif isinstance(mod, torch.nn.Linear):
+            total += output.numel() * mod.in_features
+
+    handles = [mod.register_forward_hook(hook) for mod in m.modules() if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear))]
+    with torch.no_grad():
+        m(example_input(spec, height, width).to("meta"))
+    for h in handles:
+        h.remove()
+    return int(total)
 
 
 def save_crops(loaded: LoadedGenerator, data_root: str, data_format: str, out_dir: Path, crop: int = 96,

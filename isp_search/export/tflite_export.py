@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch._dynamo  # noqa: F401  (must load before TensorFlow: triton, which it imports, crashes after TF)
 
 from isp_search.errors import UserError
 
