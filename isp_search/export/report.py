@@ -82,7 +82,7 @@ td,th{{border:1px solid #bbb;padding:4px 8px;text-align:right}} tr.front{{backgr
 figure{{display:inline-block;margin:4px}} .warn{{color:#a40}}</style></head><body>
 <h1>{html.escape(title)}</h1><p>{len(rows)} exported models; ★ = Pareto-optimal on LPIPS↓, PSNR↑, latency↓.</p>{note}
 <img id="pareto" alt="Pareto scatter" src="data:image/png;base64,{plot}">
-<h2>Models</h2><table id="models"><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>
+<h2>Models</h2><div style="overflow-x:auto"><table id="models"><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>
 <h2>Sample crops</h2>{''.join(crops) or '<p>none</p>'}
 </body></html>"""
 
