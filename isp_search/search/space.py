@@ -50,7 +50,8 @@ class Base:
 @dataclass(frozen=True)
 class Objective:
     metric: str
-    direction: Literal["min", "max"] | None = None  # default: the metric's declared direction
+    direction: str | None = field(default=None, metadata={"check": lambda v: v in ("min", "max"),
+                                                          "valid": "'min' or 'max'"})  # default: declared
 
 
 @dataclass(frozen=True)
