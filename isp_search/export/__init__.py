@@ -1,1 +1,25 @@
-"""Export to ONNX and TFLite with parity and op-list gates, latency benchmarks and the Parquet leaderboard."""
+"""Export to ONNX and TFLite with parity and op-list gates, latency benchmarks and the Parquet leaderboard.
+
+The public names below are imported lazily so that importing the package does not load TensorFlow or torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "export_model": "pipeline", "ExportResult": "pipeline", "parse_formats": "pipeline", "parse_size": "pipeline",
+    "FORMATS": "pipeline", "FILE_NAMES": "pipeline",
+    "bench_tflite": "bench", "bench_onnx": "bench", "bench_torch": "bench", "bench_adb": "bench",
+    "parse_benchmark_model": "bench",
+    "append_rows": "leaderboard", "read": "leaderboard", "pareto_front": "leaderboard", "mai_score": "leaderboard",
+    "publish": "publish", "Published": "publish", "count_macs": "publish",
+    "write_report": "report",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"isp_search.export.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'isp_search.export' has no attribute {name!r}")
