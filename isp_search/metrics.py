@@ -108,6 +108,9 @@ def build_lpips(mode: WeightsMode, semantic: bool = False) -> torch.nn.Module:
         heads = torch.load(require("lpips_alex_v0.1"), map_location="cpu", weights_only=True)
         missing = net.load_state_dict(heads, strict=False)
         assert not [k for k in missing.missing_keys if k.startswith("lin")], missing
+    else:  # LPIPS heads are non-negative by construction (trained with a clamp): keep random ones so too
+        for lin in net.lins:
+            lin.model[-1].weight.data.abs_()
     for p in net.parameters():
         p.requires_grad_(False)
     return net.eval()
