@@ -34,6 +34,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add.add_argument("--out", default=None, help="artifact folder (default: results/exports/<name>)")
     add.add_argument("--path", default=None, help="leaderboard Parquet file")
     add.add_argument("--mai-c", type=float, default=1.0, help="C in the MAI score 2^(2 PSNR)/(C runtime)")
+    add.add_argument("--backbone-weights", choices=("pretrained", "random"), default="pretrained",
+                     help="LPIPS/DISTS feature networks: pretrained (local files, see `isp-search weights`) or "
+                     "random (offline; the row is labelled so) (default: pretrained)")
+    add.add_argument("--target", default=None,
+                     help="also time on a phone: adb or adb:SERIAL (needs --benchmark-binary; default: CPU only)")
+    add.add_argument("--benchmark-binary", default=None, help="TFLite benchmark_model binary for the phone")
     add.set_defaults(func=run_add)
 
 
@@ -104,6 +110,21 @@ def _cell(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def _adb_args(args: argparse.Namespace) -> dict | None:
+    if not args.target:
+        return None
+    if not args.target.startswith("adb"):
+        raise UserError(f"--target {args.target!r}: valid: adb, adb:SERIAL (the CPU is always timed)")
+    if not args.benchmark_binary:
+        raise UserError("--target adb needs --benchmark-binary PATH (TFLite benchmark_model for the phone)")
+    import shutil
+
+    if shutil.which("adb") is None:  # fail before the minutes of export and evaluation, not after
+        raise UserError("--target adb: no 'adb' on PATH; install Android platform-tools and connect a phone")
+    serial = args.target.split(":", 1)[1] if ":" in args.target else None
+    return {"benchmark_binary": args.benchmark_binary, "serial": serial}
+
+
 def run_add(args: argparse.Namespace) -> int:
     from isp_search.export.pipeline import parse_size
     from isp_search.export.publish import publish
@@ -113,7 +134,8 @@ def run_add(args: argparse.Namespace) -> int:
     data = (args.data, args.data_format) if args.data else None
     res = publish(args.weights, out, arch=args.arch, export_size=parse_size(args.size),
                   bench_size=parse_size(args.bench_size), data=data, kind="baseline", model_id=name,
-                  mai_c=args.mai_c, leaderboard_path=args.path, run_dir=None)
+                  mai_c=args.mai_c, leaderboard_path=args.path, run_dir=None, adb=_adb_args(args),
+                  weights_mode=args.backbone_weights)
     if res.row is None:
         print(f"isp-search: {name} not added: export refused: {res.export.reason}")
         return 1

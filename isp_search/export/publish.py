@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from isp_search.errors import UserError
 from isp_search.export import leaderboard as LB
 from isp_search.export.bench import bench_tflite
 from isp_search.export.onnx_export import example_input
@@ -85,10 +86,14 @@ def publish(source: LoadedGenerator | str | os.PathLike, out_dir: str | os.PathL
             mode: str | None = None, search_id: str | None = None, trial_id: str | None = None,
             config: dict | None = None, run_dir: str | None = None, bench_runs: int = 10, threads: int = 2,
             mai_c: float = 1.0, leaderboard_path: str | os.PathLike | None = None, model_id: str | None = None,
-            adb: dict | None = None) -> Published:
-    """Export and gate; if every gate passes, benchmark and append one leaderboard row."""
+            adb: dict | None = None, weights_mode: str = "pretrained") -> Published:
+    """Export and gate; if every gate passes, benchmark and append one leaderboard row.
+
+    ``weights_mode`` (pretrained | random) picks the LPIPS/DISTS backbones when ``data`` is evaluated here; ``adb``
+    holds :func:`bench_adb` arguments (benchmark_binary, serial, runs, warmup) for an on-phone GPU timing.
+    """
     loaded = source if isinstance(source, LoadedGenerator) else load_generator(source, arch=arch)
-    out = Path(out_dir)
+    out = Path(out_dir).resolve()  # rows point at artifacts from anywhere
     model_id = model_id or (f"{search_id}/{trial_id}" if search_id and trial_id else out.name)
     result = export_model(loaded, out, list(formats), export_size, calib=data)
     if not result.passed:
@@ -98,12 +103,13 @@ def publish(source: LoadedGenerator | str | os.PathLike, out_dir: str | os.PathL
         from isp_search.data.dataset import RawRGBDataset
 
         ds = RawRGBDataset(data[0], data[1], "test", loaded.spec, preset=loaded.preset, with_reference=False)
-        metrics = evaluate_model(loaded.model, loaded.spec, ds)
+        metrics = evaluate_model(loaded.model, loaded.spec, ds, weights_mode=weights_mode)
     metrics = metrics or {}
     latency = []
     if bench_size:
         bench_dir = out / "bench"
-        bench_res = export_model(loaded, bench_dir, ["tflite"], bench_size)
+        # the phone runs the fp16 graph (MAI protocol: GPU delegate, FP16 allowed) at the benchmark size too
+        bench_res = export_model(loaded, bench_dir, ["tflite", "tflite_fp16"] if adb else ["tflite"], bench_size)
         if bench_res.passed:
             b = bench_tflite(bench_res.paths["tflite"], threads=threads, runs=bench_runs)
             latency.append({"target": "cpu", "runtime": b["runtime"], "median_ms": b["median_ms"],
@@ -113,10 +119,12 @@ def publish(source: LoadedGenerator | str | os.PathLike, out_dir: str | os.PathL
     if adb:
         from isp_search.export.bench import bench_adb
 
-        a = bench_adb(result.paths.get("tflite_fp16") or result.paths["tflite"], **adb)
+        if not bench_size or not bench_res.passed:
+            raise UserError("adb benchmark: needs a benchmark size whose export passes its gates")
+        a = bench_adb(bench_res.paths["tflite_fp16"], **adb)
         latency.append({"target": a["target"], "runtime": "benchmark_model", "median_ms": a["median_ms"],
                         "device": a.get("device"), "delegate": a.get("delegate"),
-                        "size": f"{export_size[0]}x{export_size[1]}"})
+                        "size": f"{bench_size[0]}x{bench_size[1]}"})
     primary = latency[-1] if latency else None
     crops = save_crops(loaded, *data, out) if data else (None, None)
     parity = {k: v["value"] for k, v in result.gates.items() if k.startswith("parity/")}
