@@ -37,6 +37,7 @@ class Param:
     step: float | None = field(default=None, metadata={"check": _pos, "valid": "a number > 0"})
     choices: tuple[Any, ...] | None = None
     when: dict[str, Any] | None = None  # {other_param: value or [values]}: sampled only when all match
+    also: tuple[str, ...] = ()  # more config keys that take the same value (e.g. every optimiser's beta1)
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class SearchCfg:
 class SchedulerCfg:
     type: Literal["asha", "none"] = "asha"
     metric: str = "score"
+    mode: Literal["min", "max"] = "max"  # used when ``metric`` is not a registered metric (the trainer's score)
     grace_period: int = field(default=1, metadata={"check": _pos, "valid": "int > 0"})
     reduction_factor: float = field(default=3.0, metadata={"check": lambda v: v > 1, "valid": "a number > 1"})
     max_t: int | None = field(default=None, metadata={"check": _pos, "valid": "int > 0"})  # default: evaluations
@@ -151,6 +153,14 @@ def metric_direction(metric: str) -> str:
     from isp_search.metrics import direction
 
     return direction(metric)
+
+
+def score_mode(space: SearchSpace) -> str:
+    """Direction of the scheduler's scalar: the metric's declared one, else ``scheduler.mode``."""
+    try:
+        return metric_direction(space.scheduler.metric)
+    except Exception:  # not a registered metric, e.g. the trainer's combined ``score``
+        return space.scheduler.mode
 
 
 def _check_param(name: str, p: Param, src: Source, earlier: dict[str, Param]) -> None:
@@ -304,6 +314,17 @@ def suggest(trial: Any, space: SearchSpace) -> dict[str, Any]:
         else:
             sampled[name] = trial.suggest_float(name, p.low, p.high, step=p.step, log=p.log)
     return sampled
+
+
+def to_overrides(space: SearchSpace, sampled: dict[str, Any]) -> dict[str, Any]:
+    """Config overrides for sampled values: each parameter's own key plus its ``also`` keys."""
+    out: dict[str, Any] = {}
+    for name, value in sampled.items():
+        out[name] = value
+        p = space.space.get(name)
+        for key in p.also if p else ():
+            out[key] = value
+    return out
 
 
 def define_space(trial: Any, space: SearchSpace) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from ray import tune
 
-from isp_search.search.space import LATENCY_METRIC, SearchSpace
+from isp_search.search.space import LATENCY_METRIC, SearchSpace, to_overrides
 
 STATE_FILE = "search_state.json"  # best-so-far tracker, stored inside each reported checkpoint
 
@@ -63,7 +63,7 @@ def run_trial(config: dict[str, Any], *, space: SearchSpace, base_cfg: Any, scor
     """The Ray Tune function trainable: apply the sampled values to ``base_cfg`` and train, reporting as it goes."""
     from isp_search.train import apply_overrides, train
 
-    cfg = apply_overrides(base_cfg, dict(config))
+    cfg = apply_overrides(base_cfg, to_overrides(space, dict(config)))
     ctx = tune.get_context()
     run_dir = Path(ctx.get_trial_dir()) / "run"
     tracker = BestSoFar(space.scheduler.metric, score_mode)

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from isp_search.errors import UserError
-from isp_search.search.space import Resources, SchedulerCfg, SearchSpace, metric_direction
+from isp_search.search.space import Resources, SchedulerCfg, SearchSpace
+from isp_search.search.space import score_mode as get_score_mode
 
 META_FILE = "isp_search.json"
 
@@ -100,7 +101,7 @@ def smoke_space(space: SearchSpace) -> SearchSpace:
         space,
         base=Base(config=str(smoke_cfg)),
         search=replace(space.search, num_samples=2, max_concurrent=1, points_to_evaluate=space.search.points_to_evaluate[:1]),
-        scheduler=SchedulerCfg(type="none", metric=space.scheduler.metric),
+        scheduler=SchedulerCfg(type="none", metric=space.scheduler.metric, mode=space.scheduler.mode),
         resources=Resources(cpu=1.0),
         export=replace(space.export, top_k=1, formats=("tflite",), size=(64, 64), bench_size=(64, 64), threads=1,
                        runs=3),
@@ -129,10 +130,11 @@ def check_space_keys(space: SearchSpace, cfg: Any) -> None:
 
     for key, p in space.space.items():
         value = p.choices[0] if p.type == "categorical" else (int(p.low) if p.type == "int" else p.low)
-        try:
-            apply_overrides(cfg, {key: value})
-        except UserError as e:
-            raise UserError(f"{space.source}: space.{key}: {e}") from None
+        for k in (key, *p.also):
+            try:
+                apply_overrides(cfg, {k: value})
+            except UserError as e:
+                raise UserError(f"{space.source}: space.{key}: {e}") from None
 
 
 def _scheduler(space: SearchSpace, score_mode: str, cfg: Any):
@@ -173,10 +175,7 @@ def run_search(space: SearchSpace, name: str | None = None, resume: bool = False
 
     cfg = base_train_config(space)
     check_space_keys(space, cfg)
-    try:
-        score_mode = metric_direction(space.scheduler.metric)
-    except Exception:
-        score_mode = "max"
+    score_mode = get_score_mode(space)
     exp = find_experiment(space, name) if resume else new_experiment(space, name)
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False if address is None and not os.environ.get("RAY_ADDRESS")
