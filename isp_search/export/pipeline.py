@@ -84,18 +84,19 @@ def export_model(source: LoadedGenerator | str | os.PathLike, out_dir: str | os.
     """Export ``source`` (a loaded generator, checkpoint, run folder or paper state_dict) and gate it.
 
     ``calib`` = (data root, format) supplies real patches for the parity check and int8 calibration; without it
-    int8 calibrates on the embedded synthetic data set.
+    both use the embedded synthetic data set (built once under ``$ISP_SEARCH_CACHE``), so every export is gated
+    on real-looking RAW as well as on random input.
     """
     from isp_search.export import tflite_export as T
     import onnxruntime as ort
 
     loaded = source if isinstance(source, LoadedGenerator) else load_generator(source, arch=arch)
-    out = Path(out_dir)
+    out = Path(out_dir).resolve()  # export.json and leaderboard rows carry absolute artifact paths
     out.mkdir(parents=True, exist_ok=True)
     h, w = size
     model = loaded.model.eval().cpu()
     x_rand = example_input(loaded.spec, h, w, seed=1)
-    if calib is None and "tflite_int8" in formats:
+    if calib is None:
         from isp_search.data.synth import ensure_synthetic
 
         root = Path(os.environ.get("ISP_SEARCH_CACHE", Path.home() / ".cache" / "isp-search")) / "synth_mai2022"
