@@ -98,3 +98,33 @@ def test_cli_exports_paper_state_dict_with_arch(tmp_path):
     bad = subprocess.run(cmd[:5] + ["--arch", "rmfa_tiny"] + cmd[7:], capture_output=True, text=True)
     assert bad.returncode == 2 and "does not fit 'rmfa_tiny'" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+class _DivergesWhenExported(torch.nn.Module):
+    """A generator whose exported graph differs from PyTorch by 1e-3: above the ONNX/TFLite fp32 limits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = create_generator("efficient_isp")
+
+    def forward(self, x):
+        y = self.inner(x)
+        return y + 1e-3 if torch.onnx.is_in_onnx_export() else y
+
+
+def test_export_diverging_from_pytorch_is_refused_and_never_reaches_the_leaderboard(tmp_path, synth_root):
+    from pathlib import Path
+
+    from isp_search.export.publish import publish
+    from isp_search.models.checkpoint import LoadedGenerator
+
+    loaded = LoadedGenerator(_DivergesWhenExported().eval(), spec_for("efficient_isp"), "paper", Path("broken"))
+    lb = tmp_path / "lb.parquet"
+    res = publish(loaded, tmp_path / "o", formats=("onnx", "tflite"), export_size=SIZE, bench_size=None,
+                  data=(str(synth_root), "mai2022"), metrics={"psnr": 30.0}, leaderboard_path=lb)
+    assert res.row is None and not res.export.passed
+    assert "parity/onnx/random" in res.export.reason and "parity/tflite/real" in res.export.reason
+    doc = json.loads((tmp_path / "o" / "export.json").read_text())
+    assert doc["passed"] is False and doc["reason"] == res.export.reason
+    assert 9e-4 < doc["gates"]["parity/onnx/random"]["value"] < 1.1e-3
+    assert not lb.exists()
