@@ -181,3 +181,26 @@ def test_leaderboard_cli_formats(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "isp_search.cli", "leaderboard", "--path", str(p), "--sort", "nope"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "--sort 'nope'" in bad.stderr
+
+
+def test_benchmark_model_parser_reports_partial_and_declined_delegation():
+    partial = BENCHMARK_MODEL_OUTPUT.replace(
+        "GPU delegate created.\n",
+        "GPU delegate created.\nINFO: Replacing 3 out of 5 node(s) with delegate (TfLiteGpuDelegateV2) node, "
+        "yielding 2 partitions for the whole graph.\n")
+    r = parse_benchmark_model(partial)
+    assert r["delegated_nodes"] == "3/5" and r["delegate_name"] == "TfLiteGpuDelegateV2" and r["delegate"] == "gpu"
+    declined = BENCHMARK_MODEL_OUTPUT.replace(
+        "Explicitly applied GPU delegate, and the model graph will be completely executed by the delegate.",
+        "Though GPU delegate is explicitly applied, the model graph will not be executed by the delegate.")
+    assert parse_benchmark_model(declined)["delegate"].startswith("cpu")
+
+
+def test_leaderboard_class_scores_rows_written_directly(tmp_path):
+    board = LB.Leaderboard(tmp_path / "lb.parquet")
+    board.append(dict(model_id="a", psnr=20.0, latency_ms=10.0, lpips=0.2))
+    board.append(dict(model_id="b", psnr=19.0, latency_ms=20.0, lpips=0.3))
+    table = board.read()
+    assert table.column("mai_score").to_pylist() == [2.0**40 / 10.0, 2.0**38 / 20.0]
+    assert LB.pareto_front(table, {"lpips": "min", "psnr": "max", "latency_ms": "min"}) == [True, False]
+    assert board.to_pandas()["model_id"].tolist() == ["a", "b"]

@@ -101,6 +101,13 @@ def parse_benchmark_model(text: str) -> dict:
         out.update(runs=int(runs[1]), min_us=float(runs[2]), max_us=float(runs[3]), std_us=float(runs[5]))
     gpu = re.search(r"(?:Created TensorFlow Lite delegate for GPU|GPU delegate created)", text)
     out["delegate"] = "gpu" if gpu or "Use gpu: [1]" in text else "cpu"
+    # A GPU delegate that declines the graph leaves TFLite on the CPU without failing: say so in the row.
+    if "will not be executed by the delegate" in text:
+        out["delegate"] = "cpu (gpu delegate declined the graph)"
+    nodes = re.search(r"Replacing (\d+)(?: out of (\d+))? node\(s\) with delegate \((\w+)\)", text)
+    if nodes:
+        out["delegated_nodes"] = nodes.group(1) + (f"/{nodes.group(2)}" if nodes.group(2) else "")
+        out["delegate_name"] = nodes.group(3)
     return out
 
 

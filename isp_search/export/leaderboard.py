@@ -76,6 +76,9 @@ def normalise_row(row: dict) -> dict:
         if isinstance(out[key], dict):
             out[key] = list(out[key].items())
     out["latency"] = out["latency"] or []
+    if out["mai_score"] is None:  # rows written without publish() still get the score the table sorts by
+        out["mai_c"] = 1.0 if out["mai_c"] is None else out["mai_c"]
+        out["mai_score"] = mai_score(out["psnr"], out["latency_ms"], out["mai_c"])
     return out
 
 
@@ -116,9 +119,12 @@ def append_rows(rows: list[dict], path: str | os.PathLike | None = None) -> Path
     return p
 
 
-def pareto_front(rows: list[dict], objectives: dict[str, str]) -> list[bool]:
-    """Non-dominated flags for ``rows`` under ``objectives`` {column: 'min'|'max'}; rows missing a value are
-    compared on the objectives they have."""
+def pareto_front(rows: list[dict] | pa.Table, objectives: dict[str, str]) -> list[bool]:
+    """Non-dominated flags for ``rows`` (dicts or a table from :func:`read`) under ``objectives``
+    {column: 'min'|'max'}; rows missing a value are compared on the objectives they have."""
+    if isinstance(rows, pa.Table):
+        rows = rows.to_pylist()
+
     def better_or_equal(a, b, col, d):
         if a.get(col) is None or b.get(col) is None:
             return True
@@ -138,3 +144,19 @@ def pareto_front(rows: list[dict], objectives: dict[str, str]) -> list[bool]:
         )
         flags.append(not dominated)
     return flags
+
+
+class Leaderboard:
+    """One leaderboard file: ``Leaderboard(path).append(row)``, ``.read()``, ``.to_pandas()``."""
+
+    def __init__(self, path: str | os.PathLike | None = None) -> None:
+        self.path = Path(path) if path else default_path()
+
+    def append(self, row: dict) -> Path:
+        return append_rows([row], self.path)
+
+    def read(self) -> pa.Table:
+        return read(self.path)
+
+    def to_pandas(self):
+        return self.read().to_pandas()
