@@ -20,7 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=2, help="CPU threads (default: 2)")
     p.add_argument("--runs", type=int, default=20, help="timed runs (default: 20)")
     p.add_argument("--warmup", type=int, default=3, help="warm-up runs (default: 3)")
-    p.add_argument("--size", default="1088x1920", help="full output size HxW when exporting (default: MAI 1088x1920)")
+    p.add_argument("--size", default=None,
+                   help="full output size HxW; a checkpoint is exported at it (default: MAI 1088x1920), an export "
+                   "folder made at another size is re-exported from its source (default: the folder's own size)")
     p.add_argument("--arch", default=None, help="backbone name for a paper-format state_dict")
     p.add_argument("--benchmark-binary", default=None, help="path of TFLite's benchmark_model for the phone (adb)")
     p.add_argument("--json", action="store_true", help="print one JSON object (the TFLite result and the others)")
@@ -36,17 +38,28 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{src}: no such model file or folder")
     tflite = onnx = None
     loaded = None
+    size = parse_size(args.size) if args.size else None
     if src.suffix == ".tflite":
+        if size:
+            raise UserError(f"--size: {src} has a fixed input shape; pass its export folder or checkpoint instead")
         tflite = src
     elif src.is_dir() and (src / "model_fp32.tflite").is_file():
-        tflite, onnx = src / "model_fp32.tflite", src / "model.onnx"
-    else:
+        meta = json.loads((src / "export.json").read_text()) if (src / "export.json").is_file() else {}
+        if size and tuple(meta.get("size") or ()) != size:
+            if not meta.get("source"):
+                raise UserError(f"--size: {src} was exported at another size and names no source to re-export")
+            from isp_search.models.checkpoint import load_generator
+
+            loaded = load_generator(meta["source"], arch=meta.get("arch"))
+        else:
+            tflite, onnx = src / "model_fp32.tflite", src / "model.onnx"
+    if tflite is None:
         import tempfile
         from isp_search.models.checkpoint import load_generator
 
-        loaded = load_generator(src, arch=args.arch)
+        loaded = loaded or load_generator(src, arch=args.arch)
         out = Path(tempfile.mkdtemp(prefix="isp-bench-"))
-        r = export_model(loaded, out, ["onnx", "tflite"], parse_size(args.size))
+        r = export_model(loaded, out, ["onnx", "tflite"], size or (1088, 1920))
         if not r.passed:
             raise UserError(f"{src}: export failed its gates: {r.reason}")
         tflite, onnx = out / "model_fp32.tflite", out / "model.onnx"

@@ -12,7 +12,8 @@ _EXPORTS = {
     "FORMATS": "pipeline", "FILE_NAMES": "pipeline",
     "bench_tflite": "bench", "bench_onnx": "bench", "bench_torch": "bench", "bench_adb": "bench",
     "parse_benchmark_model": "bench",
-    "append_rows": "leaderboard", "read": "leaderboard", "pareto_front": "leaderboard", "mai_score": "leaderboard",
+    "append_rows": "leaderboard", "read": "leaderboard", "Leaderboard": "leaderboard",
+    "pareto_front": "leaderboard", "mai_score": "leaderboard",
     "publish": "publish", "Published": "publish", "count_macs": "publish",
     "write_report": "report",
 }
