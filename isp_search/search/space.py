@@ -72,7 +72,8 @@ class SchedulerCfg:
     mode: Literal["min", "max"] = "max"  # used when ``metric`` is not a registered metric (the trainer's score)
     grace_period: int = field(default=1, metadata={"check": _pos, "valid": "int > 0"})
     reduction_factor: float = field(default=3.0, metadata={"check": lambda v: v > 1, "valid": "a number > 1"})
-    max_t: int | None = field(default=None, metadata={"check": _pos, "valid": "int > 0"})  # default: evaluations
+    # default: the config's evaluations + 1 (the closing report); a trial ASHA stops at max_t counts as PRUNED
+    max_t: int | None = field(default=None, metadata={"check": _pos, "valid": "int > 0"})
 
 
 @dataclass(frozen=True)

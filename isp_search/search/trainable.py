@@ -72,7 +72,8 @@ def run_trial(config: dict[str, Any], *, space: SearchSpace, base_cfg: Any, scor
         values = _numbers(metrics)
         tracker.update(step, values)
         tracker.save(checkpoint_dir)
-        tune.report({**values, "step": step}, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
+        tune.report(_with_required({**values, "step": step}, space),
+                    checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
 
     checkpoint = tune.get_checkpoint()
     resume_ctx = checkpoint.as_directory() if checkpoint else contextlib.nullcontext(None)
@@ -80,7 +81,15 @@ def run_trial(config: dict[str, Any], *, space: SearchSpace, base_cfg: Any, scor
         if resume_dir:
             tracker.load(resume_dir)
         summary = train(cfg, run_dir, report=report, resume=resume_dir)
-    tune.report(final_report(summary, tracker, space, run_dir))
+    tune.report(_with_required(final_report(summary, tracker, space, run_dir), space))
+
+
+def _with_required(result: dict[str, Any], space: SearchSpace) -> dict[str, Any]:
+    """Ray checks that every result names the searcher's and scheduler's metrics: absent ones become NaN
+    (latency before the closing report, everything of a diverged trial). NaN never reaches Optuna as a value."""
+    for m in (*space.metric_names, space.scheduler.metric):
+        result.setdefault(m, math.nan)
+    return result
 
 
 def final_report(summary: dict[str, Any], tracker: BestSoFar, space: SearchSpace, run_dir: Path) -> dict[str, Any]:
@@ -90,14 +99,15 @@ def final_report(summary: dict[str, Any], tracker: BestSoFar, space: SearchSpace
     reason = summary.get("reason") or summary.get("fail_reason") or summary.get("error")
     if status != "completed":
         step = summary.get("step")
-        out["fail_reason"] = f"{reason or status}" + (f" at step {step}" if step is not None else "")
+        out["fail_reason"] = str(reason) if reason else f"{status} at step {step}"
     best = tracker.best or {}
     for k, v in best.items():
         if k != "step":
             out[k] = v
     out["best_step"] = out["step"] = best.get("step", -1)
-    for k, v in _numbers({k: v for k, v in summary.items() if k not in ("status", "reason", "step")}).items():
-        out[f"summary/{k}"] = v
+    for k in ("steps_per_s", "elapsed_s", "best_score"):
+        if isinstance(summary.get(k), (int, float)):
+            out[f"summary/{k}"] = summary[k]
     test = summary.get("test")
     if isinstance(test, dict):
         out.update({f"test/{k}": v for k, v in _numbers(test).items()})

@@ -121,7 +121,8 @@ def base_train_config(space: SearchSpace) -> Any:
         cfg = load_train_config(space.base.config)
     if space.base.overrides:
         cfg = apply_overrides(cfg, dict(space.base.overrides))
-    return cfg
+    # trials log to TensorBoard and Ray's table; a progress bar per trial would only flood the driver's output
+    return apply_overrides(cfg, {"train.progress": False})
 
 
 def check_space_keys(space: SearchSpace, cfg: Any) -> None:
@@ -142,7 +143,9 @@ def _scheduler(space: SearchSpace, score_mode: str, cfg: Any):
 
     if space.scheduler.type == "none":
         return None
-    max_t = space.scheduler.max_t or int(getattr(cfg, "num_evaluations", 0) or 1000)
+    # ASHA stops a trial once training_iteration reaches max_t; the trainable's closing report is one iteration
+    # after the last evaluation, and must arrive for the trial to count as COMPLETE.
+    max_t = space.scheduler.max_t or int(getattr(cfg, "num_evaluations", 0) or 1000) + 1
     return ASHAScheduler(time_attr="training_iteration", metric=space.scheduler.metric, mode=score_mode,
                          max_t=max_t, grace_period=space.scheduler.grace_period,
                          reduction_factor=space.scheduler.reduction_factor)
