@@ -1,7 +1,10 @@
-"""Metrics against hand computations and reference implementations; weights resolver; CLI help everywhere."""
+"""Metrics against hand computations, scikit-image and TensorFlow itself; learned metrics with random weights
+(labelled); directions; the pretrained-weights resolver; `isp-search eval`; help of every command."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 
@@ -10,37 +13,87 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from isp_search.cli import build_parser
-from isp_search.errors import UserError
-from isp_search.metrics import METRICS, compute, direction, ms_ssim_scales
 from isp_search import weights
+from isp_search.errors import UserError
+from isp_search.metrics import METRICS, Evaluator, build_dists, build_lpips, compute, direction, evaluate_model
+from isp_search.ssim import ms_ssim, ms_ssim_scales, ssim
 
 
-def test_psnr_hand_computed():
-    x = torch.zeros(1, 3, 8, 8)
-    y = torch.full_like(x, 0.1)  # mse = 0.01 -> 20 dB
-    assert compute(x, y, ["psnr"], "random")["psnr"] == pytest.approx(20.0, abs=1e-4)
+def _cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "isp_search.cli", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
 
 
-def test_ssim_matches_tf_settings_reference():
-    rng = np.random.default_rng(0)
-    a = rng.random((48, 48, 3)).astype(np.float32)
-    b = np.clip(a + 0.1 * rng.standard_normal(a.shape), 0, 1).astype(np.float32)
-    ref = structural_similarity(a, b, channel_axis=2, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-                                data_range=1.0, win_size=11)
-    t = lambda v: torch.from_numpy(v).permute(2, 0, 1)[None]
-    got = compute(t(a), t(b), ["ssim"], "random")["ssim"]
-    assert got == pytest.approx(ref, abs=2e-3)
-    assert compute(t(a), t(a), ["ssim"], "random")["ssim"] == pytest.approx(1.0, abs=1e-5)
+def _nchw(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(a).permute(0, 3, 1, 2)
 
 
-def test_ms_ssim_identity_monotone_and_scales():
+def _pair(rng, shape):
+    a = rng.random(shape).astype(np.float32)
+    b = np.clip(0.7 * a + 0.3 * rng.random(shape) + 0.1 * rng.standard_normal(shape), 0, 1).astype(np.float32)
+    return a, b
+
+
+def test_psnr_hand_computed_per_image_mean():
+    x = torch.zeros(2, 3, 8, 8)
+    y = torch.stack([torch.full((3, 8, 8), 0.1), torch.full((3, 8, 8), 0.01)])  # mse 1e-2 -> 20 dB, 1e-4 -> 40 dB
+    res = compute(x, y, ["psnr"], "random")
+    assert res["psnr"] == pytest.approx(30.0, abs=1e-4) and res["n_images"] == 2
+    assert "lpips_weights" not in res  # nothing here depends on pretrained weights
+
+
+def test_ssim_matches_skimage_with_tf_settings():
+    a, b = _pair(np.random.default_rng(0), (1, 48, 40, 3))
+    ref = structural_similarity(a[0], b[0], channel_axis=2, gaussian_weights=True, sigma=1.5,
+                                use_sample_covariance=False, data_range=1.0)
+    assert float(ssim(_nchw(a), _nchw(b))) == pytest.approx(ref, abs=1e-5)
+    assert compute(_nchw(a), _nchw(a), ["ssim"], "random")["ssim"] == pytest.approx(1.0, abs=1e-6)
+
+
+_TF_REFERENCE = """
+import os, sys
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import numpy as np, tensorflow as tf
+d, out = np.load(sys.argv[1]), {}
+for n in sys.argv[3].split(","):
+    out["ssim_" + n] = tf.image.ssim(d["a_" + n], d["b_" + n], max_val=1.0).numpy()
+    if n.startswith("ms5"):
+        out["ms_" + n] = tf.image.ssim_multiscale(d["a_" + n], d["b_" + n], max_val=1.0).numpy()
+np.savez(sys.argv[2], **out)
+"""
+
+
+def test_ssim_and_ms_ssim_match_tensorflow(tmp_path):
+    """Against tf.image.ssim / ssim_multiscale themselves (in a subprocess: TensorFlow stays out of pytest)."""
+    rng = np.random.default_rng(1)
+    cases = {"even": (2, 48, 40, 3), "odd": (1, 37, 53, 3), "ms5": (1, 176, 180, 3), "ms5odd": (1, 161, 171, 3)}
+    arrays = {}
+    for name, shape in cases.items():
+        arrays[f"a_{name}"], arrays[f"b_{name}"] = _pair(rng, shape)
+    np.savez(tmp_path / "in.npz", **arrays)
+    r = subprocess.run([sys.executable, "-c", _TF_REFERENCE, tmp_path / "in.npz", tmp_path / "out.npz",
+                        ",".join(cases)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ref = np.load(tmp_path / "out.npz")
+    for name, shape in cases.items():
+        a, b = _nchw(arrays[f"a_{name}"]), _nchw(arrays[f"b_{name}"])
+        np.testing.assert_allclose(ssim(a, b).numpy(), ref[f"ssim_{name}"], atol=1e-5, err_msg=name)
+        if name.startswith("ms5"):  # TF's smallest 5-scale size is 161 px (odd sides padded before pooling)
+            assert ms_ssim_scales(*shape[1:3]) == 5
+            np.testing.assert_allclose(ms_ssim(a, b).numpy(), ref[f"ms_{name}"], atol=1e-5, err_msg=name)
+
+
+def test_ms_ssim_identity_monotone_and_small_image_rule():
     torch.manual_seed(0)
-    x = torch.rand(1, 3, 192, 192)
-    vals = [compute(x, (x + s * torch.randn_like(x)).clamp(0, 1), ["ms_ssim"], "random")["ms_ssim"]
-            for s in (0.0, 0.05, 0.2)]
-    assert vals[0] == pytest.approx(1.0, abs=1e-5) and vals[0] > vals[1] > vals[2]
-    assert ms_ssim_scales(192, 192) == 5 and ms_ssim_scales(64, 64) == 3
+    x = torch.rand(1, 3, 96, 96)
+    vals = [compute(x, (x + s * torch.randn_like(x)).clamp(0, 1), ["ms_ssim"], "random") for s in (0.0, 0.05, 0.2)]
+    assert vals[0]["ms_ssim"] == pytest.approx(1.0, abs=1e-5)
+    assert vals[0]["ms_ssim"] > vals[1]["ms_ssim"] > vals[2]["ms_ssim"] > 0
+    assert vals[0]["ms_ssim_scales"] == 4  # 96 -> 48 -> 24 -> 12; a fifth scale (6 px) cannot hold the window
+    assert ms_ssim_scales(161, 300) == 5 and ms_ssim_scales(160, 160) == 4 and ms_ssim_scales(64, 64) == 3
+    assert ms_ssim_scales(21, 21) == 2 and ms_ssim_scales(11, 11) == 1
+    with pytest.raises(UserError, match="at least 11x11"):
+        compute(torch.rand(1, 3, 10, 16), torch.rand(1, 3, 10, 16), ["ms_ssim"], "random")
 
 
 @pytest.mark.parametrize("name", ["lpips", "dists"])
@@ -48,44 +101,152 @@ def test_learned_metrics_random_weights_are_labelled(name):
     torch.manual_seed(0)
     x = torch.rand(2, 3, 64, 64)
     same = compute(x, x, [name], "random")
-    other = compute(x, torch.rand_like(x), [name], "random")
-    assert same[name] == pytest.approx(0.0, abs=1e-6) and other[name] > same[name]
-    assert same["lpips_weights"] == "random"
+    other = compute(x, (x + 0.2 * torch.randn_like(x)).clamp(0, 1), [name], "random")
+    assert same[name] == pytest.approx(0.0, abs=1e-6) and other[name] > 1e-4
+    assert same["lpips_weights"] == other["lpips_weights"] == "random"
 
 
-def test_every_metric_declares_a_direction():
+def test_lpips_pretrained_path_uses_local_files_only(tmp_path, monkeypatch):
+    """Pretrained mode: the AlexNet from the weights folder, the heads from the lpips wheel; VGG-16 missing -> DISTS
+    fails naming the file. (The AlexNet here is a stand-in with the real architecture; no download happens.)"""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv(weights.ENV, str(tmp_path / "w"))
+    (tmp_path / "w").mkdir()
+    alex = weights.load_alexnet("random")
+    torch.nn.init.normal_(alex.features[0].weight)  # something the file must bring back
+    torch.save(alex.state_dict(), tmp_path / "w" / "alexnet-owt-7be5be79.pth")
+    net = build_lpips("pretrained")
+    assert torch.equal(net.net.slice1[0].weight, alex.features[0].weight)
+    heads = torch.load(weights.find("lpips_alex_v0.1"), map_location="cpu", weights_only=True)  # saved from CUDA
+    assert torch.equal(net.lin2.model[1].weight, heads["lin2.model.1.weight"])
+    ev = Evaluator(["lpips"], "pretrained")
+    x = torch.rand(1, 3, 32, 32)
+    ev.update(x, x.flip(-1))
+    assert ev.result()["lpips_weights"] == "pretrained" and ev.result()["lpips"] > 0
+    with pytest.raises(UserError, match="vgg16-397923af.pth.*weights fetch"):
+        build_dists("pretrained")
+
+
+def test_evaluator_is_reusable_and_directions_are_declared():
+    ev = Evaluator(["psnr", "ssim"], "random")
+    x = torch.rand(3, 3, 16, 16)
+    for _ in range(2):
+        ev.reset()
+        ev.update(x[:2], x[:2] * 0.5)
+        ev.update(x[2:], x[2:] * 0.5)
+        assert ev.result()["n_images"] == 3
     for n in METRICS.names():
-        assert direction(n) in ("min", "max")
-    assert direction("lpips") == "min" and direction("psnr") == "max" and direction("val/ssim") == "max"
+        assert direction(n) == ("min" if METRICS.get(n).lower_better else "max")
+    assert direction("lpips") == direction("dists") == "min" and direction("val/psnr") == direction("ms_ssim") == "max"
+    with pytest.raises(UserError, match="did you mean 'psnr'"):
+        direction("psnrr")
 
 
-def test_missing_weights_name_file_and_fix(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    monkeypatch.setenv("HF_HOME", str(tmp_path))
-    monkeypatch.delenv("ISP_SEARCH_WEIGHTS", raising=False)
-    with pytest.raises(UserError, match=r"vgg19-dcbb9e9d.pth.*isp-search weights fetch"):
+def test_resolver_order_hf_cache_wheels_and_missing(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv(weights.ENV, raising=False)
+    with pytest.raises(UserError, match=r"'vgg19' \(vgg19-dcbb9e9d.pth.*not found in .*isp-search weights fetch"):
         weights.require("vgg19")
-    assert weights.find("lpips_alex_v0.1") is not None  # shipped in the lpips wheel
-    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
-    torch.save({}, tmp_path / "hub" / "checkpoints" / "vgg19-dcbb9e9d.pth")
-    assert weights.require("vgg19") == tmp_path / "hub" / "checkpoints" / "vgg19-dcbb9e9d.pth"
-    r = subprocess.run([sys.executable, "-m", "isp_search.cli", "weights", "status", "--json"], capture_output=True,
-                       text=True)
-    assert r.returncode == 0 and "dists_alpha_beta" in r.stdout
+    ckpt = tmp_path / "torch" / "hub" / "checkpoints"
+    ckpt.mkdir(parents=True)
+    (ckpt / "vgg19-dcbb9e9d.pth").write_bytes(b"x")
+    assert weights.require("vgg19") == ckpt / "vgg19-dcbb9e9d.pth"
+    mine = weights.set_weights_dir(tmp_path)  # --weights-dir wins over torch's cache
+    (mine / "vgg19-dcbb9e9d.pth").write_bytes(b"y")
+    assert weights.find("vgg19") == mine / "vgg19-dcbb9e9d.pth"
+    snap = tmp_path / "hf" / "hub" / "models--timm--vit_base_patch16_224.augreg2_in21k_ft_in1k"
+    (snap / "snapshots" / "abc").mkdir(parents=True)
+    (snap / "refs").mkdir()
+    (snap / "refs" / "main").write_text("abc")
+    (snap / "snapshots" / "abc" / "model.safetensors").write_bytes(b"z")
+    assert weights.find("vit_b16") == snap / "snapshots" / "abc" / "model.safetensors"
+    # the wheels' LPIPS heads and DISTS alpha/beta are the very files pyiqa would download
+    for name in ("lpips_alex_v0.1", "dists_alpha_beta"):
+        w = weights.WEIGHTS.get(name)
+        assert weights.sha256_matches(weights.find(name), w.sha256) and w.sha256 in w.filename
+    with pytest.raises(UserError, match="backbone_weights: 'imagenet' is not valid"):
+        weights.load_alexnet("imagenet")
+    with pytest.raises(UserError, match="not a folder"):
+        weights.set_weights_dir(tmp_path / "nope")
 
 
-def _subcommands():
-    parser = build_parser()
-    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
-    return sorted(sub.choices)
+def test_fetch_verifies_hash_and_fails_in_one_line(tmp_path):
+    src = tmp_path / "src.pth"
+    src.write_bytes(b"weights")
+    import hashlib
+
+    sha = hashlib.sha256(b"weights").hexdigest()[:8]
+    ok = weights.WeightFile("t", "t-file.pth", src.as_uri(), sha, "test")
+    assert weights.fetch(tmp_path / "dest", [ok]) == ["t"] and (tmp_path / "dest" / "t-file.pth").read_bytes()
+    bad = weights.WeightFile("b", "b-file.pth", src.as_uri(), "00000000", "test")
+    with pytest.raises(UserError, match="could not download b-file.pth.*invalid hash"):
+        weights.fetch(tmp_path / "dest", [bad])
+    assert not (tmp_path / "dest" / "b-file.pth").exists()
+    # the CLI without a reachable network (a proxy on a closed port): exit 2, one line, no traceback
+    env = {"TORCH_HOME": str(tmp_path / "t"), "HF_HOME": str(tmp_path / "h"), "HF_HUB_OFFLINE": "1",
+           "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", weights.ENV: ""}
+    r = _cli("weights", "fetch", "--dir", tmp_path / "d", env=env)
+    assert r.returncode == 2 and r.stderr.startswith("isp-search: error: weights fetch: could not download")
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    r = _cli("weights", "status", "--json", env=env)
+    rows = {row["name"]: row for row in json.loads(r.stdout)}
+    assert r.returncode == 0 and rows["vgg19"]["path"] is None and rows["dists_alpha_beta"]["path"]
 
 
-@pytest.mark.parametrize("command", _subcommands())
-def test_every_subcommand_has_help(command):
-    r = subprocess.run([sys.executable, "-m", "isp_search.cli", command, "--help"], capture_output=True, text=True)
+def test_eval_command_and_evaluate_model(synth_root, tmp_path):
+    from isp_search.data.dataset import RawRGBDataset
+    from isp_search.models import create_generator, spec_for
+    from isp_search.models.checkpoint import save_generator
+
+    torch.manual_seed(0)
+    model = create_generator("efficient_isp")
+    ck = save_generator(tmp_path / "ck.pt", model, "efficient_isp", "paper")
+    r = _cli("eval", "--weights", ck, "--data", synth_root, "--format", "mai2022", "--split", "test",
+             "--backbone-weights", "random", "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["n_images"] == 4 and res["lpips_weights"] == "random" and res["ms_ssim_scales"] == 3
+    assert all(np.isfinite(res[k]) for k in ("psnr", "ssim", "ms_ssim", "lpips", "dists"))
+    ds = RawRGBDataset(synth_root, "mai2022", "test", spec_for("efficient_isp"), with_reference=False)
+    model.train()
+    mine = evaluate_model(model, spec_for("efficient_isp"), ds, "random", names=["psnr", "ssim"], batch_size=2)
+    assert model.training and mine["n_images"] == 4
+    assert mine["psnr"] == pytest.approx(res["psnr"], abs=1e-4) and mine["ssim"] == pytest.approx(res["ssim"], abs=1e-5)
+    # pretrained (the default) with no weights anywhere: one line naming the file, before any work
+    r = _cli("eval", "--weights", ck, "--data", synth_root, "--format", "mai2022",
+             env={"TORCH_HOME": str(tmp_path / "t"), weights.ENV: ""})
+    assert r.returncode == 2 and "alexnet-owt-7be5be79.pth" in r.stderr and r.stderr.count("\n") == 1
+
+
+def _parsers():
+    """(command words, parser) for every subcommand the CLI discovers, nested ones included."""
+    from isp_search.cli import build_parser
+
+    out, todo = [], [((), build_parser())]
+    while todo:
+        words, parser = todo.pop()
+        out.append((words, parser))
+        for action in parser._actions:
+            if action.__class__.__name__ == "_SubParsersAction":
+                todo += [((*words, name), sub) for name, sub in action.choices.items()]
+    return sorted(out, key=lambda wp: wp[0])
+
+
+def test_top_level_help_runs():
+    r = _cli("--help")
     assert r.returncode == 0 and "usage: isp-search" in r.stdout
-    parser = build_parser()
-    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction").choices[command]
-    for action in sub._actions:  # every option is described
+
+
+@pytest.mark.parametrize("words", [w for w, _ in _parsers() if w], ids=lambda w: " ".join(w))
+def test_every_subcommand_help_describes_every_option(words, capsys):
+    from isp_search.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main([*words, "--help"])
+    assert e.value.code == 0 and "usage: isp-search " + " ".join(words) in capsys.readouterr().out
+    parser = dict(_parsers())[words]
+    for action in parser._actions:
         if action.option_strings and action.dest != "help":
-            assert action.help, f"{command} {action.option_strings} has no help"
+            assert action.help, f"{' '.join(words)} {action.option_strings} has no help"
