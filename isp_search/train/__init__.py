@@ -1,0 +1,22 @@
+"""The training method (SPEC §4–6): losses, discriminators, Dynamic Loss Adaptation and ``train()``.
+
+Public API: :func:`train`, :func:`load_train_config`, :func:`apply_overrides`, :func:`train_config_from_dict`,
+:class:`TrainConfig`. Names are imported lazily so reading a config does not import the networks.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "train": "loop", "TrainConfig": "config", "load_train_config": "config", "apply_overrides": "config",
+    "train_config_from_dict": "config", "MODES": "config", "MODE_TERMS": "config", "LOSSES": "losses",
+    "DISCRIMINATORS": "discriminators",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"isp_search.train.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'isp_search.train' has no attribute {name!r}")

@@ -1,0 +1,228 @@
+"""``train(cfg, run_dir)``: the whole training algorithm, top to bottom (CleanRL style).
+
+Run folder: ``config.yaml`` (resolved), ``run.json`` (seed, git SHA, device), ``metrics.jsonl``, ``tb/``
+(TensorBoard), ``samples/step_XXXXXX.png`` (demosaiced RAW | output | target), ``checkpoints/last.pt`` and
+``checkpoints/best.pt`` (best validation ``score``), ``summary.json`` (status and test metrics of best.pt).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import yaml
+from torch.utils.data import DataLoader
+
+from isp_search.configio import to_dict
+from isp_search.train import state as st
+from isp_search.train.config import TrainConfig
+from isp_search.train.evaluate import evaluate, save_sample_grid
+from isp_search.train.losses import LOSSES
+from isp_search.train.step import FrozenNets, build_discriminators, discriminator_step, generator_step
+
+Report = Callable[[int, dict[str, Any], str], None]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from isp_search.errors import UserError
+
+        raise UserError("train.device: cuda asked for, but no CUDA device is available; use auto or cpu")
+    return torch.device(name)
+
+
+def make_datasets(cfg: TrainConfig) -> dict[str, Any]:
+    """Train (mode's pairing, augmentation), val and test (paired, central crops) datasets."""
+    from isp_search.data.dataset import RawRGBDataset
+    from isp_search.data.demosaic import ReferenceLook
+
+    d = cfg.data
+    if d.synthetic:
+        from isp_search.data.synth import ensure_synthetic
+
+        ensure_synthetic(d.root, d.format)
+    common = dict(root=d.root, format=d.format, arch=cfg.model.arch, preset=cfg.model.preset,
+                  demosaicer=d.demosaicer, look=ReferenceLook(), splits=d.splits, carve_seed=0, n_val=d.n_val,
+                  n_test=d.n_test, patch_size=d.patch_size)
+    out = {"train": RawRGBDataset(split="train", pairing=cfg.pairing, augment=d.augment, seed=cfg.train.seed,
+                                  **common)}
+    for split in ("val", "test"):
+        try:
+            out[split] = RawRGBDataset(split=split, pairing="paired", **common)
+        except Exception as e:  # a set without this split: evaluate what exists
+            if "no RAW files" not in str(e) and "split" not in str(e):
+                raise
+    return out
+
+
+def train(cfg: TrainConfig, run_dir: str | Path, report: Report | None = None,
+          resume: str | Path | None = None) -> dict[str, Any]:
+    """Train the generator of ``cfg`` into ``run_dir``; returns (and writes) the summary dict.
+
+    ``report(step, metrics, checkpoint_dir)`` is called after every evaluation, once the checkpoint is written.
+    ``resume``: a run folder, its ``checkpoints/`` folder or a ``last.pt`` to continue exactly from.
+    """
+    t_start = time.time()
+    run_dir = Path(run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    device = pick_device(cfg.train.device)
+    cuda = device.type == "cuda"
+    st.seed_everything(cfg.train.seed)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    st.write_json(run_dir / "run.json", {"seed": cfg.train.seed, "git_sha": st.git_sha(), "device": str(device),
+                                         "torch": torch.__version__, "backbone_weights": cfg.backbone_weights})
+
+    # ---- data, generator, frozen networks, discriminators, optimisers ----------------------------------------
+    data = make_datasets(cfg)
+    train_ds = data["train"]
+    spec = train_ds.spec
+    preset = cfg.model.preset or spec.preset
+    gen = spec.build().to(device)
+    if cfg.model.init_from and resume is None:
+        from isp_search.models.checkpoint import load_generator
+
+        gen.load_state_dict(load_generator(cfg.model.init_from, arch=cfg.model.arch).model.state_dict())
+    multipliers = {t: cfg.multiplier(t) for t in cfg.active_terms}
+    content_lab = cfg.mode in ("pretrain", "unpaired")
+    nets = FrozenNets(cfg.active_terms, cfg.backbone_weights, cfg.features.vit_img_size).to(device)
+    out_hw = tuple(train_ds[0]["reference"].shape[-2:])
+    discs = build_discriminators(cfg.active_terms, nets, out_hw, content_lab, device)
+    if cuda and cfg.train.channels_last:
+        gen, nets = gen.to(memory_format=torch.channels_last), nets.to(memory_format=torch.channels_last)
+    o = cfg.optim
+    g_opt = torch.optim.Adam(gen.parameters(), lr=o.g_lr, betas=(o.g_beta1, o.g_beta2))
+    groups = {}
+    for g, lr, b1, b2, every in (("color", o.d_color_lr, o.d_color_beta1, o.d_color_beta2, o.d_color_every),
+                                 ("texture", o.d_texture_lr, o.d_texture_beta1, o.d_texture_beta2, o.d_texture_every)):
+        terms = [t for t in discs if LOSSES.get(t).group == g]
+        if terms:  # every layer of every discriminator exists before its optimiser (no lazy layers)
+            params = [p for t in terms for p in discs[t].parameters()]
+            groups[g] = (terms, torch.optim.Adam(params, lr=lr, betas=(b1, b2)), every)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if (cuda and cfg.train.amp) else (
+        contextlib.nullcontext)
+
+    # ---- resume ------------------------------------------------------------------------------------------------
+    order = st.BatchOrder(len(train_ds), cfg.train.batch_size, cfg.train.seed)
+    step, best = 0, {"score": -math.inf, "step": -1, "metrics": {}}
+    if resume is not None:
+        ck = st.load_training_checkpoint(resume)
+        os_ = ck["optim_state"]
+        gen.load_state_dict(ck["state_dict"])
+        g_opt.load_state_dict(os_["g"])
+        for g, (terms, opt, _) in groups.items():
+            opt.load_state_dict(os_["d"][g])
+        for t, sd in os_["discriminators"].items():
+            discs[t].load_state_dict(sd)
+        step, best = int(ck["step"]), os_["best"]
+        order.load(os_["data"])
+        st.set_rng_state(os_["rng"])
+    train_ds.set_epoch(order.epoch)
+    start_step = step
+
+    from isp_search.metrics import Evaluator
+    from torch.utils.tensorboard import SummaryWriter
+
+    evaluator = Evaluator(("psnr", "ssim", "lpips"), cfg.backbone_weights, device)
+    tb = SummaryWriter(str(run_dir / "tb"), purge_step=step)
+    log = (run_dir / "metrics.jsonl").open("a")
+
+    def emit(kind: str, at: int, metrics: dict[str, Any]) -> None:
+        log.write(json.dumps({"kind": kind, "step": at, **metrics}) + "\n")
+        log.flush()
+        for k, v in metrics.items():
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                tb.add_scalar(k if kind == "train" else f"{kind}/{k}", v, at)
+
+    def loader():
+        return DataLoader(train_ds, batch_sampler=order.remaining(), num_workers=cfg.data.workers, pin_memory=cuda)
+
+    def save(name: str) -> None:
+        opt_state = {"g": g_opt.state_dict(), "d": {g: v[1].state_dict() for g, v in groups.items()},
+                     "discriminators": {t: d.state_dict() for t, d in discs.items()}, "data": order.state(),
+                     "rng": st.rng_state(), "best": best}
+        st.save_training_checkpoint(ckpt_dir / name, gen, cfg.model.arch, preset, step, opt_state, mode=cfg.mode,
+                                    backbone_weights=cfg.backbone_weights, config=to_dict(cfg))
+
+    # ---- the loop ----------------------------------------------------------------------------------------------
+    from tqdm import tqdm
+
+    status, reason = "completed", None
+    bar = tqdm(total=cfg.train.steps, initial=step, disable=not cfg.train.progress, unit="step", dynamic_ncols=True)
+    batches = iter(loader())
+    timings = {"data_s": 0.0, "step_s": 0.0}
+    while step < cfg.train.steps:
+        t0 = time.perf_counter()
+        try:
+            batch = next(batches)
+        except StopIteration:  # epoch done: re-draw pairing for the next epoch, new seeded order
+            order.epoch, order.pos = order.epoch + 1, 0
+            train_ds.set_epoch(order.epoch)
+            batches = iter(loader())
+            batch = next(batches)
+        order.pos += 1
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        t1 = time.perf_counter()
+        metrics, br = generator_step(gen, g_opt, batch, nets, discs, multipliers, content_lab, cfg.losses.dla,
+                                     cfg.losses.dla_eps, autocast())
+        if "nonfinite" in metrics:
+            status, reason = "diverged", f"non-finite {metrics['nonfinite']} at step {step + 1}"
+            emit("train", step + 1, {k: v for k, v in metrics.items() if k != "nonfinite"} | {"diverged": 1})
+            break
+        for g, (terms, opt, every) in groups.items():
+            if (step + 1) % every == 0:
+                metrics.update(discriminator_step(terms, br, discs, opt, cfg.losses.r_gamma, o.d_clip))
+        if "nonfinite" in metrics:
+            status, reason = "diverged", f"non-finite {metrics['nonfinite']} at step {step + 1}"
+            break
+        step += 1
+        timings["data_s"] += t1 - t0
+        timings["step_s"] += time.perf_counter() - t1
+        bar.update(1)
+        if step % cfg.train.log_interval == 0 or step == cfg.train.steps:
+            emit("train", step, metrics)
+            bar.set_postfix(loss=f"{metrics['loss/total']:.3g}")
+        if step % cfg.train.eval_interval == 0 or step == cfg.train.steps:
+            val = evaluate(gen, data["val"], evaluator, device, cfg.train.batch_size, cfg.data.eval_limit,
+                           cfg.train.score_lpips_weight) if "val" in data else {}
+            save_sample_grid(gen, data.get("val", train_ds), device, run_dir / "samples" / f"step_{step:06d}.png")
+            improved = val.get("score", -math.inf) > best["score"] or best["step"] < 0
+            if improved:
+                best = {"score": val.get("score", -math.inf), "step": step, "metrics": val}
+            save("last.pt")
+            if improved:
+                st.copy_atomic(ckpt_dir / "last.pt", ckpt_dir / "best.pt")
+            emit("val", step, val)
+            if report is not None:
+                report(step, {**val, "step": step, "best_score": best["score"]}, str(ckpt_dir))
+    bar.close()
+
+    # ---- test split with the best checkpoint -----------------------------------------------------------------
+    test: dict[str, float] = {}
+    if (ckpt_dir / "best.pt").is_file() and "test" in data:
+        best_gen = spec.build().to(device)
+        best_gen.load_state_dict(torch.load(ckpt_dir / "best.pt", map_location=device, weights_only=False)["state_dict"])
+        test = evaluate(best_gen, data["test"], evaluator, device, cfg.train.batch_size, cfg.data.eval_limit,
+                        cfg.train.score_lpips_weight)
+        emit("test", step, test)
+    elapsed = time.time() - t_start
+    summary = {
+        "status": status, "reason": reason, "step": step, "steps": cfg.train.steps, "mode": cfg.mode,
+        "arch": cfg.model.arch, "preset": preset, "backbone_weights": cfg.backbone_weights,
+        "best_step": best["step"], "best_score": best["score"] if math.isfinite(best["score"]) else None,
+        "val": best["metrics"], "test": test, "run_dir": str(run_dir),
+        "checkpoint": str(ckpt_dir / "best.pt") if (ckpt_dir / "best.pt").is_file() else None,
+        "elapsed_s": elapsed, "steps_per_s": (step - start_step) / max(timings["step_s"] + timings["data_s"], 1e-9),
+        "data_wait_s": timings["data_s"], "git_sha": st.git_sha(), "seed": cfg.train.seed,
+    }
+    st.write_json(run_dir / "summary.json", summary)
+    log.close()
+    tb.close()
+    return summary

@@ -1,0 +1,117 @@
+"""Run-folder plumbing: the seeded batch order, RNG capture, training checkpoints and atomic JSON.
+
+A training checkpoint is a generator checkpoint (``isp_search.models.checkpoint`` format: top-level ``format``,
+``arch``, ``preset``, ``state_dict``) plus ``optim_state`` (optimisers, discriminators, step, data position, RNGs,
+best score) — ``load_generator`` skips keys starting with ``optim``, so predict/eval/export read it as is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from isp_search.errors import UserError
+from isp_search.models.checkpoint import save_generator
+
+
+class BatchOrder:
+    """Seeded epoch permutations of ``n`` items cut into full batches; the (epoch, position) pair is the state."""
+
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        self.n, self.batch_size, self.seed = n, min(batch_size, n), seed
+        self.epoch, self.pos = 0, 0
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        perm = torch.randperm(self.n, generator=g).tolist()
+        b = self.batch_size
+        return [perm[i : i + b] for i in range(0, self.n - b + 1, b)]
+
+    def remaining(self) -> list[list[int]]:
+        return self.batches(self.epoch)[self.pos :]
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load(self, state: dict[str, int]) -> None:
+        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_training_checkpoint(path: Path, gen: torch.nn.Module, arch: str, preset: str, step: int,
+                             optim_state: dict[str, Any], **extra: Any) -> Path:
+    """Atomic write of the generator plus everything needed to resume exactly."""
+    return save_generator(path, gen, arch, preset, step=step, optim_state=optim_state, **extra)
+
+
+def resolve_resume(path: str | os.PathLike) -> Path:
+    """A ``last.pt``, a folder holding it (a reported checkpoint folder) or a run folder."""
+    p = Path(path)
+    for cand in (p, p / "last.pt", p / "checkpoints" / "last.pt"):
+        if cand.is_file():
+            return cand
+    raise UserError(f"--resume {p}: no last.pt there (expected a run folder, its checkpoints/ folder or a .pt file)")
+
+
+def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    p = resolve_resume(path)
+    obj = torch.load(p, map_location="cpu", weights_only=False)
+    if not isinstance(obj, dict) or "optim_state" not in obj:
+        raise UserError(f"{p}: not a training checkpoint (no optimiser state); use model.init_from to start from it")
+    return obj
+
+
+def copy_atomic(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=_jsonable) + "\n")
+    os.replace(tmp, path)
+
+
+def _jsonable(v: Any) -> Any:
+    if hasattr(v, "item"):
+        return v.item()
+    return str(v)
+
+
+def git_sha() -> str | None:
+    """The commit of the isp-search checkout (None outside a git checkout)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
+                             text=True, timeout=10)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None

@@ -1,0 +1,202 @@
+"""One training step: :func:`generator_step` (losses + DLA + update) and :func:`discriminator_step` (per group).
+
+Each frozen network runs once per image per step: :class:`Branches` caches the fake features (with gradient, from
+the leaf copy ŷ of the generator output) and the real features (no gradient); the discriminator step reuses both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from typing import Callable, Mapping
+
+import torch
+from torch import nn
+
+from isp_search.train import dla
+from isp_search.train.discriminators import create_discriminator
+from isp_search.train.features import LPIPSAlexTrunk, VGGRelu54, ViTTokens
+from isp_search.train.losses import (
+    LOSSES, blur, color_loss, discriminator_loss, grayscale, lab_lightness3, mse, relativistic_g, tv_loss,
+)
+
+_NET_CACHE: dict[tuple[str, str, int], nn.Module] = {}
+BRANCH_NET = {"content": "vgg", "vit": "vit", "alex_gray": "alex", "lpips": "lpips", "dists": "dists"}
+
+
+class FrozenNets(nn.Module):
+    """The frozen networks the active terms need (built once; nothing trainable)."""
+
+    def __init__(self, terms: tuple[str, ...], weights: str, vit_img_size: int = 224) -> None:
+        super().__init__()
+        from isp_search.metrics import build_dists, build_lpips
+
+        needed = {BRANCH_NET[LOSSES.get(t).branch] for t in terms if LOSSES.get(t).branch}
+        builders: dict[str, Callable[[], nn.Module]] = {
+            "vgg": lambda: VGGRelu54(weights), "vit": lambda: ViTTokens(weights, vit_img_size),
+            "alex": lambda: LPIPSAlexTrunk(weights), "lpips": lambda: build_lpips(weights, semantic=True),
+            "dists": lambda: build_dists(weights),
+        }
+        for name in sorted(needed):
+            key = (name, weights, vit_img_size if name == "vit" else 0)
+            if key not in _NET_CACHE:  # frozen, so one copy per process serves every run (tests, search trials)
+                _NET_CACHE[key] = builders[name]()
+            self.add_module(name, _NET_CACHE[key])
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> "FrozenNets":
+        return super().train(False)
+
+
+class Branches:
+    """Per-step feature cache. ``fake(b)`` differentiates to ``y_leaf``; ``real(b)`` is computed without gradient.
+
+    ``content_lab``: the content branch reads the LAB L channel (pretrain, unpaired) instead of RGB (paired).
+    ``counter`` (optional) counts gradient passes arriving at each branch's fake input (tests, bench-train).
+    """
+
+    def __init__(self, nets: FrozenNets, y_leaf: torch.Tensor, batch: Mapping[str, torch.Tensor], content_lab: bool,
+                 autocast: contextlib.AbstractContextManager | None = None, counter: Counter | None = None) -> None:
+        self.nets, self.y, self.batch, self.content_lab = nets, y_leaf, batch, content_lab
+        self.autocast = autocast or contextlib.nullcontext()
+        self.counter = counter
+        self._fake: dict[str, object] = {}
+        self._real: dict[str, object] = {}
+
+    def content_real_image(self) -> torch.Tensor:
+        return self.batch["reference"] if self.content_lab else self.batch["target"]
+
+    def _prepare(self, branch: str, img: torch.Tensor) -> torch.Tensor:
+        if branch == "content":
+            return lab_lightness3(img) if self.content_lab else img
+        if branch == "vit":
+            return blur(img)
+        if branch == "alex_gray":
+            return grayscale(img)
+        return img
+
+    def _run(self, branch: str, x: torch.Tensor):
+        with self.autocast:
+            return getattr(self.nets, BRANCH_NET[branch])(x)
+
+    def fake_input(self, branch: str) -> torch.Tensor:
+        x = self._prepare(branch, self.y)
+        if x is self.y:
+            x = self.y.view_as(self.y)  # a node of its own, so the counting hook sees only this branch
+        if self.counter is not None and x.requires_grad:
+            x.register_hook(lambda g, b=branch: self.counter.update([b]))
+        return x
+
+    def fake(self, branch: str):
+        if branch not in self._fake:
+            self._fake[branch] = self._run(branch, self.fake_input(branch))
+        return self._fake[branch]
+
+    def real(self, branch: str):
+        if branch not in self._real:
+            img = self.content_real_image() if branch == "content" else self.batch["target"]
+            with torch.no_grad():
+                self._real[branch] = self._run(branch, self._prepare(branch, img))
+        return self._real[branch]
+
+
+def _pick(feats, index: int | None) -> torch.Tensor:
+    return feats if index is None else feats[index]
+
+
+def term_loss(name: str, br: Branches, discs: Mapping[str, nn.Module]) -> torch.Tensor:
+    """The value of generator term ``name`` on this step's output (a scalar that differentiates to ŷ)."""
+    y, batch = br.y, br.batch
+    if name == "content":
+        return mse(br.fake("content").float(), br.real("content").float())
+    if name == "mse":
+        return mse(y, batch["reference"])
+    if name == "tv":
+        return tv_loss(y)
+    if name == "color":
+        return color_loss(y, batch["target"])
+    if name in ("lpips", "dists"):
+        x = br.fake_input(name)
+        with br.autocast:
+            out = br.nets.lpips(x, batch["target"], normalize=True) if name == "lpips" else br.nets.dists(
+                x, batch["target"])
+        return out.float().mean()
+    spec = LOSSES.get(name)
+    disc = discs[name]
+    fake = _pick(br.fake(spec.branch), spec.output)
+    with torch.no_grad():
+        d_real = disc(_pick(br.real(spec.branch), spec.output).float())
+    return relativistic_g(disc(fake.float()), d_real)
+
+
+def build_discriminators(terms: tuple[str, ...], nets: FrozenNets, out_hw: tuple[int, int], content_lab: bool,
+                         device: torch.device) -> nn.ModuleDict:
+    """One discriminator per active adversarial term, sized from the frozen features of an ``out_hw`` image."""
+    discs = nn.ModuleDict()
+    adv = [t for t in terms if LOSSES.get(t).disc]
+    if not adv:
+        return discs
+    probe = torch.zeros(1, 3, *out_hw, device=device)
+    br = Branches(nets, probe, {"target": probe, "reference": probe}, content_lab)
+    for t in adv:
+        spec = LOSSES.get(t)
+        shape = tuple(_pick(br.real(spec.branch), spec.output).shape[1:])
+        discs[t] = create_discriminator(spec.disc, shape).to(device)
+    return discs
+
+
+def generator_step(gen: nn.Module, g_opt: torch.optim.Optimizer, batch: Mapping[str, torch.Tensor],
+                   nets: FrozenNets, discs: Mapping[str, nn.Module], multipliers: Mapping[str, float],
+                   content_lab: bool, adapt: bool = True, eps: float = 1e-8,
+                   autocast: contextlib.AbstractContextManager | None = None,
+                   counter: Counter | None = None) -> tuple[dict[str, float], Branches | None]:
+    """Forward, losses, DLA, one Adam step. Returns metrics and the feature cache (for the D step); on a
+    non-finite loss or gradient nothing is updated and ``metrics["nonfinite"]`` names the culprit."""
+    gen.train()
+    params = [p for p in gen.parameters() if p.requires_grad]
+    y = gen(batch["input"]).float()
+    y_leaf = y.detach().requires_grad_(True)
+    br = Branches(nets, y_leaf, batch, content_lab, autocast, counter)
+    losses = {t: term_loss(t, br, discs) for t in multipliers}
+    bad = [t for t, v in losses.items() if not torch.isfinite(v)]
+    if bad:
+        return {f"loss/{t}": float(v) for t, v in losses.items()} | {"nonfinite": bad[0]}, None
+    branch_of = {t: LOSSES.get(t).branch for t in losses}
+    grads, metrics = dla.combine(y, y_leaf, losses, branch_of, params, multipliers, adapt, eps)
+    if not all(torch.isfinite(g).all() for g in grads):
+        return metrics | {"nonfinite": "generator gradient"}, None
+    for p, g in zip(params, grads):
+        p.grad = g
+    g_opt.step()
+    g_opt.zero_grad(set_to_none=True)
+    metrics["out/mean"] = float(y_leaf.detach().mean())
+    return metrics, br
+
+
+def discriminator_step(group_terms: list[str], br: Branches, discs: Mapping[str, nn.Module],
+                       d_opt: torch.optim.Optimizer, gamma: float, clip: float | None) -> dict[str, float]:
+    """Update one discriminator group on the G step's cached features (fake detached, same pre-update output)."""
+    total = None
+    metrics: dict[str, float] = {}
+    for t in group_terms:
+        spec = LOSSES.get(t)
+        disc = discs[t]
+        disc.train()
+        with br.autocast:
+            loss, parts = discriminator_loss(disc, _pick(br.real(spec.branch), spec.output),
+                                             _pick(br.fake(spec.branch), spec.output), gamma)
+        total = loss if total is None else total + loss
+        key = "d_" + t.removeprefix("adv_")
+        metrics.update({f"{key}/{k}": v for k, v in parts.items()})
+        metrics[f"{key}/loss"] = float(loss)
+    if total is None or not torch.isfinite(total):
+        return metrics | ({"nonfinite": f"discriminator {group_terms}"} if total is not None else {})
+    d_opt.zero_grad(set_to_none=True)
+    total.backward()
+    for t in group_terms:
+        if clip is not None:
+            norm = torch.nn.utils.clip_grad_norm_(discs[t].parameters(), clip)
+            metrics[f"d_{t.removeprefix('adv_')}/grad_norm"] = float(norm)
+    d_opt.step()
+    return metrics
