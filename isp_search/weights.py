@@ -227,8 +227,11 @@ def _load_into(model, name: str, strict: bool = True, assign: bool = False):
     try:
         return model.load_state_dict(sd, strict=strict, assign=assign)
     except RuntimeError as e:
+        want, got = set(model.state_dict()), set(sd)
+        detail = (f"missing {sorted(want - got)[:3]}, unexpected {sorted(got - want)[:3]}" if want != got
+                  else " ".join(str(e).split())[:160])
         raise UserError(f"pretrained weights {name!r}: {require(name)} does not fit "
-                        f"{type(model).__name__} ({str(e).splitlines()[0][:120]})") from None
+                        f"{type(model).__name__} ({detail})") from None
 
 
 def load_torchvision(name: str, mode: WeightsMode):
