@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Reference caches and the fallback synthetic set go to a per-session folder, never the user's ~/.cache.
+os.environ.setdefault("ISP_SEARCH_CACHE", tempfile.mkdtemp(prefix="isp-search-test-cache-"))
 
 
 @pytest.fixture(scope="session")
