@@ -13,6 +13,8 @@ from torch import nn
 
 from isp_search.registry import Registry
 
+# The last layer has no bias: the relativistic losses see only D(real) - D(fake) and R1/R2 only gradients, so an
+# output bias would get zero gradient forever (a parameter that is never trained).
 DISCRIMINATORS: Registry[Callable[[tuple[int, ...]], nn.Module]] = Registry("discriminator")
 
 
@@ -24,7 +26,7 @@ class ViTColorMLP(nn.Module):
         super().__init__()
         dim = in_shape[-1]
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                                 nn.Linear(hidden, 1))
+                                 nn.Linear(hidden, 1, bias=False))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.mlp(tokens).mean(dim=(1, 2))
@@ -44,7 +46,8 @@ class TextureCNN(nn.Module):
         self.convs = nn.Sequential(*layers)
         with torch.no_grad():
             n = self.convs(torch.zeros(1, *in_shape)).numel()
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(n, width), nn.LeakyReLU(0.2), nn.Linear(width, 1))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(n, width), nn.LeakyReLU(0.2),
+                                  nn.Linear(width, 1, bias=False))
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         return self.head(self.convs(feats)).flatten()

@@ -83,8 +83,8 @@ def discriminator_loss(disc: torch.nn.Module, real: torch.Tensor, fake: torch.Te
     adv = relativistic_d(d_real, d_fake)
     r1 = zero_centered_penalty(d_real, real, gamma) if gamma > 0 else adv.new_zeros(())
     r2 = zero_centered_penalty(d_fake, fake, gamma) if gamma > 0 else adv.new_zeros(())
-    parts = {"real": float(d_real.mean()), "fake": float(d_fake.mean()), "adv": float(adv), "r1": float(r1),
-             "r2": float(r2)}
+    parts = {k: float(v.detach().mean()) for k, v in
+             (("real", d_real), ("fake", d_fake), ("adv", adv), ("r1", r1), ("r2", r2))}
     return adv + r1 + r2, parts
 
 
