@@ -77,8 +77,10 @@ def zero_centered_penalty(d_out: torch.Tensor, x: torch.Tensor, gamma: float) ->
 def discriminator_loss(disc: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor,
                        gamma: float) -> tuple[torch.Tensor, dict[str, float]]:
     """Relativistic D loss + R1 + R2 on detached feature tensors; returns the loss and its named parts."""
-    real = real.detach().float().requires_grad_(gamma > 0)
-    fake = fake.detach().float().requires_grad_(gamma > 0)
+    # Non-leaf views of the detached features: the penalty differentiates to them (a leaf would also work, but
+    # torch's FLOP counter, used by bench-train, cannot hook autograd.grad on leaves).
+    real = real.detach().float().requires_grad_(gamma > 0).view_as(real)
+    fake = fake.detach().float().requires_grad_(gamma > 0).view_as(fake)
     d_real, d_fake = disc(real), disc(fake)
     adv = relativistic_d(d_real, d_fake)
     r1 = zero_centered_penalty(d_real, real, gamma) if gamma > 0 else adv.new_zeros(())

@@ -101,6 +101,22 @@ class Branches:
         return self._real[branch]
 
 
+class _Clock:
+    """Adds the seconds since the previous lap to ``timer[name]`` (no-op without a timer)."""
+
+    def __init__(self, timer: dict[str, float] | None) -> None:
+        import time
+
+        self.timer, self.now = timer, time.perf_counter
+        self.t = self.now()
+
+    def lap(self, name: str) -> None:
+        if self.timer is not None:
+            t = self.now()
+            self.timer[name] = self.timer.get(name, 0.0) + t - self.t
+            self.t = t
+
+
 def _pick(feats, index: int | None) -> torch.Tensor:
     return feats if index is None else feats[index]
 
@@ -150,26 +166,33 @@ def generator_step(gen: nn.Module, g_opt: torch.optim.Optimizer, batch: Mapping[
                    nets: FrozenNets, discs: Mapping[str, nn.Module], multipliers: Mapping[str, float],
                    content_lab: bool, adapt: bool = True, eps: float = 1e-8,
                    autocast: contextlib.AbstractContextManager | None = None,
-                   counter: Counter | None = None) -> tuple[dict[str, float], Branches | None]:
+                   counter: Counter | None = None, timer: dict[str, float] | None = None,
+                   ) -> tuple[dict[str, float], Branches | None]:
     """Forward, losses, DLA, one Adam step. Returns metrics and the feature cache (for the D step); on a
-    non-finite loss or gradient nothing is updated and ``metrics["nonfinite"]`` names the culprit."""
+    non-finite loss or gradient nothing is updated and ``metrics["nonfinite"]`` names the culprit.
+    ``timer`` (bench-train) accumulates seconds per phase: generator, frozen_forward, backward, optimizer."""
+    clock = _Clock(timer)
     gen.train()
     params = [p for p in gen.parameters() if p.requires_grad]
     y = gen(batch["input"]).float()
     y_leaf = y.detach().requires_grad_(True)
+    clock.lap("generator")
     br = Branches(nets, y_leaf, batch, content_lab, autocast, counter)
     losses = {t: term_loss(t, br, discs) for t in multipliers}
+    clock.lap("frozen_forward")
     bad = [t for t, v in losses.items() if not torch.isfinite(v)]
     if bad:
-        return {f"loss/{t}": float(v) for t, v in losses.items()} | {"nonfinite": bad[0]}, None
+        return {f"loss/{t}": float(v.detach()) for t, v in losses.items()} | {"nonfinite": bad[0]}, None
     branch_of = {t: LOSSES.get(t).branch for t in losses}
     grads, metrics = dla.combine(y, y_leaf, losses, branch_of, params, multipliers, adapt, eps)
+    clock.lap("backward")
     if not all(torch.isfinite(g).all() for g in grads):
         return metrics | {"nonfinite": "generator gradient"}, None
     for p, g in zip(params, grads):
         p.grad = g
     g_opt.step()
     g_opt.zero_grad(set_to_none=True)
+    clock.lap("optimizer")
     metrics["out/mean"] = float(y_leaf.detach().mean())
     return metrics, br
 
@@ -189,7 +212,7 @@ def discriminator_step(group_terms: list[str], br: Branches, discs: Mapping[str,
         total = loss if total is None else total + loss
         key = "d_" + t.removeprefix("adv_")
         metrics.update({f"{key}/{k}": v for k, v in parts.items()})
-        metrics[f"{key}/loss"] = float(loss)
+        metrics[f"{key}/loss"] = float(loss.detach())
     if total is None or not torch.isfinite(total):
         return metrics | ({"nonfinite": f"discriminator {group_terms}"} if total is not None else {})
     d_opt.zero_grad(set_to_none=True)

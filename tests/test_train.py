@@ -1,0 +1,119 @@
+"""The trainer end to end on the tiny synthetic set: modes, learning, resume, divergence, run folder, CLI, bench."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from isp_search.cli import main
+from isp_search.train import apply_overrides, load_train_config, train
+
+torch.set_num_threads(1)
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def tiny(synth_root, mode: str, **extra):
+    base = "smoke_pretrain.yaml" if mode == "pretrain" else "smoke_unpaired.yaml"
+    over = {"mode": mode, "data.root": str(synth_root), "data.synthetic": False, "data.eval_limit": 2,
+            "data.pairing": "shuffled" if mode == "unpaired" else "paired", "train.progress": False,
+            "train.steps": 2, "train.eval_interval": 2, "train.log_interval": 1}
+    over.update(extra)
+    return apply_overrides(load_train_config(CONFIGS / base), over)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("mode", ["pretrain", "paired_noadv", "paired", "unpaired"])
+def test_each_mode_trains_with_finite_losses(synth_root, tmp_path, mode):
+    s = train(tiny(synth_root, mode, **{"optim.d_texture_every": 1, "optim.d_color_every": 1}), tmp_path / mode)
+    assert s["status"] == "completed" and s["step"] == 2
+    rows = [r for r in read_jsonl(tmp_path / mode / "metrics.jsonl") if r["kind"] == "train"]
+    losses = {k: v for r in rows for k, v in r.items() if k.startswith("loss/")}
+    assert losses and all(abs(v) < float("inf") for v in losses.values())
+    if mode in ("paired", "unpaired"):
+        assert any(k.startswith("d_relu4/") for r in rows for k in r)
+
+
+def test_pretrain_lowers_demosaic_mse(synth_root, tmp_path):
+    s = train(tiny(synth_root, "pretrain", **{"train.steps": 30, "train.eval_interval": 30}), tmp_path / "run")
+    mse = [r["loss/mse"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "train"]
+    assert s["status"] == "completed" and len(mse) == 30
+    assert sum(mse[-5:]) / 5 < 0.7 * sum(mse[:5]) / 5, mse
+
+
+def test_resume_is_exact_and_run_folder(synth_root, tmp_path):
+    cfg = tiny(synth_root, "unpaired", **{"train.steps": 4, "train.eval_interval": 2, "optim.d_color_every": 2,
+                                          "optim.d_texture_every": 1})
+    reports = []
+    straight = train(cfg, tmp_path / "a", report=lambda step, m, d: reports.append((step, m, d)))
+    assert [r[0] for r in reports] == [2, 4] and {"psnr", "lpips", "ssim", "score"} <= set(reports[0][1])
+    assert Path(reports[0][2], "last.pt").is_file()
+    train(apply_overrides(cfg, {"train.steps": 2}), tmp_path / "b")
+    resumed = train(cfg, tmp_path / "b", resume=tmp_path / "b")
+    assert straight["status"] == resumed["status"] == "completed"
+    a = torch.load(tmp_path / "a/checkpoints/last.pt", weights_only=False)
+    b = torch.load(tmp_path / "b/checkpoints/last.pt", weights_only=False)
+    assert a["step"] == b["step"] == 4
+    for k in a["state_dict"]:
+        assert torch.allclose(a["state_dict"][k], b["state_dict"][k], atol=1e-6), k
+    for t, sd in a["optim_state"]["discriminators"].items():
+        for k in sd:
+            assert torch.allclose(sd[k], b["optim_state"]["discriminators"][t][k], atol=1e-6), (t, k)
+    run = tmp_path / "a"
+    for name in ("config.yaml", "run.json", "metrics.jsonl", "summary.json", "checkpoints/best.pt",
+                 "samples/step_000002.png", "samples/step_000004.png"):
+        assert (run / name).is_file(), name
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    assert json.loads((run / "run.json").read_text())["seed"] == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and {"psnr", "ssim", "lpips"} <= set(summary["test"])
+    assert load_train_config(run / "config.yaml") == cfg  # the resolved config reads back identically
+    from isp_search.models.checkpoint import load_generator
+
+    loaded = load_generator(run)
+    assert loaded.spec.name == "efficient_isp" and loaded.preset == "paper"
+    assert loaded.model(torch.zeros(1, 4, 16, 16)).shape == (1, 3, 32, 32)
+
+
+def test_divergence_keeps_last_good_checkpoint(synth_root, tmp_path, capsys):
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text((CONFIGS / "smoke_pretrain.yaml").read_text())
+    run = tmp_path / "run"
+    code = main(["train", str(cfg_path), "--run-dir", str(run), "--set", f"data.root={synth_root}",
+                 "--set", "data.synthetic=false", "--set", "optim.g_lr=1e30", "--set", "train.steps=5",
+                 "--set", "train.eval_interval=1", "--set", "train.progress=false", "--set", "data.eval_limit=1"])
+    assert code == 1
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "diverged" and "non-finite" in summary["reason"]
+    assert 1 <= summary["step"] < 5
+    last = torch.load(run / "checkpoints/last.pt", weights_only=False)
+    assert last["step"] == summary["step"]  # the checkpoint of the last finished step, not of the bad one
+
+
+def test_cli_bad_config_key_is_one_line(tmp_path, capsys):
+    code = main(["train", str(CONFIGS / "smoke_pretrain.yaml"), "--set", "optim.g_lrr=1e-4"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "g_lrr" in err and "g_lr" in err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("mode: pretrain\noptim:\n  g_lr: -1\n")
+    assert main(["train", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "bad.yaml:3" in err and "optim.g_lr" in err
+
+
+def test_bench_train_meets_targets(synth_root, capsys):
+    code = main(["bench-train", str(CONFIGS / "smoke_unpaired.yaml"), "--steps", "1", "--json",
+                 "--set", f"data.root={synth_root}", "--set", "data.synthetic=false"])
+    assert code == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for k in ("step_ms", "flops_per_step", "floor_flops_per_step", "flops_ratio_to_floor",
+              "frozen_backward_passes_per_branch"):
+        assert k in res
+    assert res["frozen_backward_passes_per_branch"] <= 1
+    assert res["flops_ratio_to_floor"] <= 1.25
+    assert set(res["frozen_backward_passes_by_branch"]) == {"content", "vit", "alex_gray"}
