@@ -117,3 +117,13 @@ def test_bench_train_meets_targets(synth_root, capsys):
     assert res["frozen_backward_passes_per_branch"] <= 1
     assert res["flops_ratio_to_floor"] <= 1.25
     assert set(res["frozen_backward_passes_by_branch"]) == {"content", "vit", "alex_gray"}
+
+
+def test_paper_configs_load_with_paper_defaults():
+    paths = sorted((CONFIGS / "paper").glob("*.yaml"))
+    assert len(paths) == 24
+    for p in paths:
+        cfg = load_train_config(p)
+        rmfa = cfg.model.arch == "rmfa_tiny"
+        assert cfg.optim.g_lr == (1e-4 if rmfa else 5e-4) and cfg.optim.d_texture_every == (4 if rmfa else 10)
+        assert cfg.train.batch_size == 32 and cfg.optim.g_beta1 == 0.5 and Path(cfg.data.root).is_absolute()
