@@ -114,6 +114,9 @@ def train(cfg: TrainConfig, run_dir: str | Path, report: Report | None = None,
     step, best = 0, {"score": -math.inf, "step": -1, "metrics": {}}
     if resume is not None:
         ck = st.load_training_checkpoint(resume)
+        src_best = st.resolve_resume(resume).with_name("best.pt")
+        if src_best.is_file() and not (ckpt_dir / "best.pt").exists():  # resuming into a fresh folder
+            st.copy_atomic(src_best, ckpt_dir / "best.pt")
         os_ = ck["optim_state"]
         gen.load_state_dict(ck["state_dict"])
         g_opt.load_state_dict(os_["g"])
