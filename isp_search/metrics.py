@@ -12,8 +12,8 @@ from __future__ import annotations
 import contextlib
 import math
 import types
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -145,6 +145,7 @@ def build_dists(mode: WeightsMode) -> nn.Module:
     return _frozen(net)
 
 
+@metric("lpips", lower_better=True, needs_weights=True)
 class _LPIPS(nn.Module):
     def __init__(self, mode: WeightsMode) -> None:
         super().__init__()
@@ -154,6 +155,7 @@ class _LPIPS(nn.Module):
         return self.net(pred, target, normalize=True).flatten()  # normalize: [0, 1] -> [-1, 1]
 
 
+@metric("dists", lower_better=True, needs_weights=True)
 class _DISTS(nn.Module):
     def __init__(self, mode: WeightsMode) -> None:
         super().__init__()
@@ -161,10 +163,6 @@ class _DISTS(nn.Module):
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.net(pred, target).flatten()
-
-
-metric("lpips", lower_better=True, needs_weights=True)(_LPIPS)
-metric("dists", lower_better=True, needs_weights=True)(_DISTS)
 
 
 class Evaluator:

@@ -8,7 +8,8 @@ terms of scales 1..n-1 and the full SSIM of scale n, each clipped at 0 per chann
 Why not pyiqa's ``ssim``/``ms_ssim`` functions: they clip the contrast-structure map per pixel, average the
 channels before the product and zero-pad odd sides, so they differ from TF (tests check ours against TF itself).
 
-Small images: TF refuses MS-SSIM when the coarsest scale is smaller than the window (5 scales need >= 176 px).
+Small images: TF refuses MS-SSIM when the coarsest scale is smaller than the window (5 scales need sides >= 161 px:
+161 -> 81 -> 41 -> 21 -> 11).
 Here such images use the most scales whose coarsest level still holds the 11x11 window, with the first n weights
 renormalised to sum to 1 (:func:`ms_ssim_scales`); the evaluator reports the count as ``ms_ssim_scales``.
 """

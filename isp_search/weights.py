@@ -17,9 +17,10 @@ import hashlib
 import importlib.util
 import os
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import Literal
 
 from isp_search.errors import UserError
 from isp_search.registry import Registry
@@ -190,7 +191,7 @@ def fetch(dest: str | os.PathLike | None = None, files: Iterable[WeightFile] | N
                 shutil.copyfile(hf_hub_download(w.hf_repo, "model.safetensors"), dest / w.filename)
             else:
                 download_url_to_file(w.url, str(dest / w.filename), hash_prefix=w.sha256, progress=False)
-        except Exception as e:  # no network, a proxy, a moved URL: one line, not a traceback
+        except (OSError, RuntimeError, ValueError) as e:  # no network, a proxy, a moved URL, a bad hash: one line
             msg = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
             raise UserError(f"weights fetch: could not download {w.filename} from {w.url}: {msg}") from None
         got.append(w.name)
@@ -217,7 +218,7 @@ def load_state_dict_file(name: str) -> dict:
 
             return load_file(str(path))
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 -- unpickling/zip/safetensors errors share no base class
         raise UserError(f"pretrained weights {name!r}: {path} could not be read ({type(e).__name__}); "
                         f"replace it (`isp-search weights fetch`)") from None
 

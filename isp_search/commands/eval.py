@@ -55,10 +55,11 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(res))
         return 0
     label = " (LPIPS/DISTS with RANDOM backbones: not comparable)" if res.get("lpips_weights") == "random" else ""
-    print(f"{loaded.spec.name} ({loaded.preset} preset) on {args.data} [{args.split}]: {res['n_images']} images")
+    n = res["n_images"]
+    print(f"{loaded.spec.name} ({loaded.preset} preset) on {args.data} [{args.split}]: {n} image{'s' * (n != 1)}")
     for k in ("psnr", "ssim", "ms_ssim", "lpips", "dists"):
         note = label if k in ("lpips", "dists") else ""
         if k == "ms_ssim" and res.get("ms_ssim_scales", 5) < 5:
-            note = f" ({res['ms_ssim_scales']} scales: images smaller than 176 px)"
+            note = f" ({res['ms_ssim_scales']} scales: 5 need sides >= 161 px)"
         print(f"  {k:<8}{res[k]:.4f}{note}")
     return 0
