@@ -55,10 +55,18 @@ def save_generator(path: str | os.PathLike, model: nn.Module, arch: str, preset:
 
 
 def _read(p: Path) -> Any:
+    """Tensors and plain containers only (``weights_only``): a downloaded file cannot run code when loaded.
+
+    Our training checkpoints hold numpy RNG states, whose types are allow-listed here.
+    """
+    import numpy as np
+
+    safe = [np.core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype("uint32")), np.random.__dict__.get("MT19937")]
     try:
-        return torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as e:  # corrupt or not a torch file
-        raise UserError(f"{p}: not a readable PyTorch checkpoint ({type(e).__name__}: {str(e)[:120]})") from None
+        with torch.serialization.safe_globals([g for g in safe if g is not None]):
+            return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt, not a torch file, or holding objects beyond tensors and containers
+        raise UserError(f"{p}: not a readable PyTorch checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
 
 
 def _guess_arch(state: dict[str, torch.Tensor]) -> str | None:
