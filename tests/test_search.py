@@ -198,7 +198,7 @@ def test_job_submit_search_with_a_diverging_trial(head, tmp_path):
         env=ENV, capture_output=True, text=True, timeout=420, cwd=tmp_path)
     out = job.stdout + job.stderr
     assert job.returncode == 0, out[-5000:]
-    assert "succeeded" in out and "Pareto-optimal trials" in out, out[-3000:]
+    assert "succeeded" in out and "Pareto-optimal trials" in out and "leaderboard.html" in out, out[-3000:]
     trials = study_trials(tmp_path / "exp" / "job1")
     assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE"], [t.user_attrs for t in trials]
     assert trials[1].params[G_LR] == 1e12 and trials[1].user_attrs["fail_reason"].startswith("diverged"), trials[1]

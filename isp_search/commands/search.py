@@ -58,4 +58,4 @@ def run_space(space, name: str | None = None, resume: bool = False, address: str
     exp, results, info = run_search(space, name=name, resume=resume, address=address)
     summary = finish(space, exp, results, score_mode=info["score_mode"], data=info["data"], mode=info["mode"])
     print(format_summary(summary, space, exp))
-    return 0 if summary.pareto else 1
+    return 0 if summary.pareto else 1  # the Pareto front is empty only when no trial completed

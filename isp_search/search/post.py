@@ -192,10 +192,12 @@ def finish(space: SearchSpace, exp: Experiment, results: Any, score_mode: str = 
         log.warning("marked %d orphaned Optuna trial(s) FAIL", closed)
     out = Path(space.export.results) / exp.name
     summary = PostSummary(study, plots=save_plots(study, space, out / "plots"))
-    for t in pareto_trials(study, space)[: space.export.top_k]:
+    for rank, t in enumerate(pareto_trials(study, space)):
         entry = ParetoEntry(t.number, str(t.user_attrs.get(RAY_TRIAL_ATTR, "")), dict(zip(space.metric_names,
                                                                                         t.values)), dict(t.params))
-        if results is not None:
+        if rank >= space.export.top_k:
+            entry.note = f"not exported (beyond top_k={space.export.top_k})"
+        elif results is not None:
             try:
                 publish_trial(entry, by_id.get(entry.trial_id), space, exp, score_mode, data, mode)
             except Exception as e:  # one model failing to export must not lose the others' rows
@@ -222,7 +224,7 @@ def format_summary(summary: PostSummary, space: SearchSpace, exp: Experiment) ->
                        "added" if e.exported else (e.note or "–"),
                        ", ".join(f"{k}={_short(v)}" for k, v in e.params.items())])
     widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
-    lines.append(f"Pareto-optimal trials (up to top_k={space.export.top_k}):")
+    lines.append(f"Pareto-optimal trials (the first {space.export.top_k} exported):")
     lines.append("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows] or ["(no COMPLETE trial)"]
     for t in summary.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
