@@ -104,7 +104,11 @@ def publish(source: LoadedGenerator | str | os.PathLike, out_dir: str | os.PathL
 
         ds = RawRGBDataset(data[0], data[1], "test", loaded.spec, preset=loaded.preset, with_reference=False)
         metrics = evaluate_model(loaded.model, loaded.spec, ds, weights_mode=weights_mode)
-    metrics = metrics or {}
+    metrics = dict(metrics or {})
+    if metrics.get("lpips") is not None and not metrics.get("lpips_weights"):
+        # metrics handed over from training: the checkpoint says which feature weights its LPIPS used
+        metrics["lpips_weights"] = loaded.meta.get("backbone_weights")
+    mode = mode or loaded.meta.get("mode")
     latency = []
     if bench_size:
         bench_dir = out / "bench"
