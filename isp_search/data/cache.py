@@ -9,22 +9,21 @@ renamed into place, so two processes building the same store at once both end up
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import functools
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-from pathlib import Path
 from concurrent.futures import ProcessPoolExecutor
-from typing import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Iterable, Sequence
 
 import numpy as np
 
 from isp_search.data.demosaic import DEMOSAICERS, ReferenceLook, demosaic_reference
 from isp_search.data.io import read_raw
+from isp_search.filelock import exclusive_lock
 
 FORMAT_VERSION = 1
 SCALE = 65535.0
@@ -75,16 +74,6 @@ class ReferenceStore:
         self.__init__(state["folder"])  # type: ignore[misc]
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _reference_of(path: str, demosaicer: str, look: ReferenceLook, out_size: tuple[int, int] | None) -> np.ndarray:
     return demosaic_reference(read_raw(path), demosaicer, look, out_size)
 
@@ -116,7 +105,7 @@ def reference_store(
     final = root / key
     if (final / "index.json").is_file():
         return ReferenceStore(final)
-    with _locked(root / f"{key}.lock"):
+    with exclusive_lock(root / f"{key}.lock"):
         if (final / "index.json").is_file():  # another process built it while we waited
             return ReferenceStore(final)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))

@@ -8,8 +8,6 @@ Defaults: 64 train / 16 val / 16 test samples of 128 x 128 (seconds to build, en
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -22,6 +20,7 @@ import skimage.data
 from isp_search.data.formats import get_format
 from isp_search.data.io import write_raw, write_rgb
 from isp_search.errors import UserError
+from isp_search.filelock import exclusive_lock
 from isp_search.raw import RAW_MAX
 
 # Photos that ship inside the scikit-image wheel (no download). Split by photo so no scene crosses splits.
@@ -133,16 +132,6 @@ def synthesize(out: str | os.PathLike, fmt: str = "mai2022", n_train: int = 64, 
     return out
 
 
-@contextlib.contextmanager
-def _locked(path: Path):
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def ensure_synthetic(root: str | os.PathLike, fmt: str = "mai2022", **kw) -> Path:
     """Build the synthetic set at ``root`` unless one with the same settings is there; safe for concurrent callers.
 
@@ -170,7 +159,7 @@ def ensure_synthetic(root: str | os.PathLike, fmt: str = "mai2022", **kw) -> Pat
     if ready():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(root.parent / f".{root.name}.lock"):
+    with exclusive_lock(root.parent / f".{root.name}.lock"):
         if ready():
             return root
         tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))

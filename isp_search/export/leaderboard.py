@@ -7,19 +7,17 @@ a writer killed mid-write leaves the previous table intact.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import subprocess
 from datetime import datetime, timezone
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from isp_search.errors import UserError
+from isp_search.filelock import exclusive_lock
 
 DEFAULT_PATH = "results/leaderboard.parquet"
 
@@ -82,17 +80,6 @@ def normalise_row(row: dict) -> dict:
     return out
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def read(path: str | os.PathLike | None = None) -> pa.Table:
     """The whole table (empty with the schema when the file does not exist yet)."""
     p = Path(path) if path else default_path()
@@ -108,7 +95,7 @@ def append_rows(rows: list[dict], path: str | os.PathLike | None = None) -> Path
     """Append rows atomically (lock, write temp, fsync, rename)."""
     p = Path(path) if path else default_path()
     new = pa.Table.from_pylist([normalise_row(r) for r in rows], schema=SCHEMA)
-    with _locked(p):
+    with exclusive_lock(p.with_name(p.name + ".lock")):
         table = pa.concat_tables([read(p).cast(SCHEMA), new]) if p.exists() else new
         tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
         with open(tmp, "wb") as f:
