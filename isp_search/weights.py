@@ -239,9 +239,10 @@ def load_torchvision(name: str, mode: WeightsMode):
     """torchvision ``alexnet``/``vgg16``/``vgg19`` without any download, frozen (eval mode, no gradients).
 
     Built on the meta device, then: pretrained -> the local file's tensors are assigned (no init work); random ->
-    the convolutional ``features`` get torchvision's own init (VGG: Kaiming-normal fan-out, zero bias; AlexNet:
-    PyTorch's defaults) and the ``classifier``, which no project network uses, is zeros (drawing its ~100M
-    weights would cost seconds per build)."""
+    the convolutional ``features`` get a variance-preserving Kaiming-normal init with zero bias (VGG: torchvision's
+    own, fan-out; AlexNet: fan-in, because with PyTorch's default init its ``relu4`` output is nearly constant
+    across images, leaving the texture discriminator nothing to judge) and the ``classifier``, which no project
+    network uses, is zeros (drawing its ~100M weights would cost seconds per build)."""
     import torch
     import torchvision
     from torch import nn
@@ -258,7 +259,8 @@ def load_torchvision(name: str, mode: WeightsMode):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Conv2d):
-            m.reset_parameters()
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            nn.init.zeros_(m.bias)
     for m in model.classifier.modules():
         if isinstance(m, nn.Linear):
             nn.init.zeros_(m.weight)

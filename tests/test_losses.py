@@ -119,3 +119,15 @@ def test_frozen_networks_have_no_trainable_parameters():
     r1, r4 = nets.alex(torch.rand(1, 1, 64, 64))
     assert r1.shape[1] == 64 and r4.shape[1] == 256
     assert nets.vit(torch.rand(1, 3, 40, 40)).shape == (1, 4, 768)  # resized to 32 px: 2x2 tokens, no CLS
+
+
+def test_random_texture_trunk_keeps_signal_scale():
+    """Random AlexNet (no weights here) is variance-preserving: relu4 varies across images at unit scale, as the
+    pretrained trunk's does. (PyTorch's default init shrank relu4 to ~0.04 ± 0.01, too flat for a discriminator.)"""
+    from isp_search.train.features import LPIPSAlexTrunk
+
+    torch.manual_seed(0)
+    r1, r4 = LPIPSAlexTrunk("random")(torch.rand(8, 1, 64, 64))
+    for feats in (r1, r4):
+        assert 0.2 < feats.pow(2).mean().sqrt() < 5
+        assert feats.std(dim=0).mean() > 0.1
