@@ -79,10 +79,11 @@ class Head:
         self.port, self.dash = free_port(), free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.nodes: list[str] = []
+        self.client_port = free_port()
         self._ray(["start", "--head", f"--port={self.port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
                    "--num-gpus=0", f"--temp-dir={self.tmp}", "--include-dashboard=true",
                    "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dash}", "--disable-usage-stats",
-                   f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}"])
+                   f"--ray-client-server-port={self.client_port}", f"--dashboard-agent-listen-port={free_port()}"])
 
     def _ray(self, args: list[str]) -> None:
         r = subprocess.run([str(BIN / "ray"), *args], env=ENV, capture_output=True, text=True, timeout=180,
@@ -111,8 +112,12 @@ class Head:
     def stop(self) -> None:
         for marker in self.nodes:
             kill_tree(processes_under(marker), signal.SIGTERM)
-        kill_tree(processes_under(self.tmp), signal.SIGTERM)
-        kill_tree(processes_under(self.tmp))
+        # The Ray client proxy names neither the temp dir nor the node: it is found by its own port, and other
+        # helpers of this head by the GCS address (both ports were allocated to this head).
+        ours = [f"--port={self.client_port}", self.address, self.tmp]
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for marker in ours:
+                kill_tree(processes_under(marker), sig)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
