@@ -5,7 +5,7 @@ The names below are imported lazily so that ``isp_search.data.io`` (say) does no
 
 from __future__ import annotations
 
-import importlib
+from isp_search.lazy import lazy_exports
 
 _EXPORTS = {
     "read_raw": "io", "read_rgb": "io", "write_raw": "io", "write_rgb": "io",
@@ -19,10 +19,4 @@ _EXPORTS = {
     "synthesize": "synth", "ensure_synthetic": "synth",
     "check_dataset": "check",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"isp_search.data.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'isp_search.data' has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -5,7 +5,7 @@ The public names below are imported lazily so that importing the package does no
 
 from __future__ import annotations
 
-import importlib
+from isp_search.lazy import lazy_exports
 
 _EXPORTS = {
     "export_model": "pipeline", "ExportResult": "pipeline", "parse_formats": "pipeline", "parse_size": "pipeline",
@@ -17,10 +17,4 @@ _EXPORTS = {
     "publish": "publish", "Published": "publish", "count_macs": "publish",
     "write_report": "report",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"isp_search.export.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'isp_search.export' has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

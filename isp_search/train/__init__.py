@@ -6,17 +6,11 @@ Public API: :func:`train`, :func:`load_train_config`, :func:`apply_overrides`, :
 
 from __future__ import annotations
 
-import importlib
+from isp_search.lazy import lazy_exports
 
 _EXPORTS = {
     "train": "loop", "TrainConfig": "config", "load_train_config": "config", "apply_overrides": "config",
     "train_config_from_dict": "config", "MODES": "config", "MODE_TERMS": "config", "LOSSES": "losses",
     "DISCRIMINATORS": "discriminators",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"isp_search.train.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'isp_search.train' has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)
