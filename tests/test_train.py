@@ -148,3 +148,23 @@ def test_synth_walkthrough_unpaired_starts_from_pretrain(synth_root, tmp_path):
     means = [r["out/mean"] for r in read_jsonl(tmp_path / "un" / "metrics.jsonl") if r["kind"] == "train"]
     assert len(means) == 6 and all(0.15 < m < 0.85 for m in means)
     assert (tmp_path / "un" / "samples" / "step_000006.png").is_file()
+
+
+def test_demo_pretrain_reused_resumed_or_trained_by_config(synth_root, tmp_path):
+    from isp_search.commands.demo import pretrain
+
+    over = {"data.root": str(synth_root), "data.synthetic": False, "data.eval_limit": 2, "train.batch_size": 2,
+            "train.progress": False}
+    first = Path(pretrain(tmp_path, 2, over))
+    last = first / "checkpoints" / "last.pt"
+    stamp = last.stat().st_mtime_ns
+    assert json.loads((first / "summary.json").read_text())["status"] == "completed"
+    assert Path(pretrain(tmp_path, 2, over)) == first and last.stat().st_mtime_ns == stamp  # same config: reused
+    other = Path(pretrain(tmp_path, 2, {**over, "data.demosaicer": "bilinear"}))  # another config: its own run
+    assert other != first and load_train_config(other / "config.yaml").data.demosaicer == "bilinear"
+    assert last.stat().st_mtime_ns == stamp
+    (other / "summary.json").unlink()  # a run cut off after its last checkpoint: resumed, not restarted
+    n_rows = len(read_jsonl(other / "metrics.jsonl"))
+    assert Path(pretrain(tmp_path, 2, {**over, "data.demosaicer": "bilinear"})) == other
+    assert json.loads((other / "summary.json").read_text())["status"] == "completed"
+    assert not [r for r in read_jsonl(other / "metrics.jsonl")[n_rows:] if r["kind"] == "train"]

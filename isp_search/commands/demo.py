@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "trials of the smoke search space, export the Pareto-optimal ones and write the leaderboard "
         "(results/leaderboard.parquet) and its HTML report (results/leaderboard.html). As in the paper, the "
         "unpaired trials start from a pretrained (demosaicing) generator: a short configs/synth_pretrain.yaml run "
-        "into RESULTS/demo-pretrain, reused when it is there. A few minutes on 2 cores.")
+        "into RESULTS/demo-pretrain-<config hash>, reused when it is there. A few minutes on 2 cores.")
     p.add_argument("--results", default="results", help="results folder (default: results)")
     p.add_argument("--space", default=str(SMOKE_SPACE), help="search space (default: search_spaces/smoke.yaml)")
     p.add_argument("--pretrain-steps", type=int, default=300,
@@ -40,26 +40,31 @@ def run(args: argparse.Namespace) -> int:
     if args.pretrain_steps < 0:
         raise UserError(f"--pretrain-steps must be >= 0, got {args.pretrain_steps}")
     if args.pretrain_steps:
-        init = pretrain(Path(results) / "demo-pretrain", args.pretrain_steps)
+        init = pretrain(Path(results), args.pretrain_steps)
         space = replace(space, base=replace(space.base, overrides={**space.base.overrides, "model.init_from": init}))
     return run_space(space, name=f"demo-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
-def pretrain(run_dir: Path, steps: int) -> str:
-    """A finished ``steps``-step synth_pretrain run at ``run_dir`` (trained now unless one is there already)."""
+def pretrain(results: Path, steps: int, overrides: dict | None = None) -> str:
+    """A finished ``steps``-step synth_pretrain run under ``results``, in a folder named by its resolved config
+    (``demo-pretrain-<hash>``): reused when it completed, resumed when it was cut off, trained otherwise."""
+    import hashlib
     import json
 
+    import yaml
+
+    from isp_search.configio import to_dict
     from isp_search.train import apply_overrides, load_train_config, train
 
-    summary = run_dir / "summary.json"
-    if summary.is_file():
-        done = json.loads(summary.read_text())
-        if done.get("status") == "completed" and done.get("steps") == steps and done.get("checkpoint"):
-            print(f"pretrained generator: {run_dir} (reused)")
-            return str(run_dir)
-    cfg = apply_overrides(load_train_config(PRETRAIN_CONFIG),
-                          {"train.steps": steps, "train.eval_interval": steps, "train.log_interval": max(1, steps // 5)})
-    done = train(cfg, run_dir)
+    over = {"train.steps": steps, "train.eval_interval": steps, "train.log_interval": max(1, steps // 5)}
+    cfg = apply_overrides(load_train_config(PRETRAIN_CONFIG), {**over, **(overrides or {})})
+    key = hashlib.sha1(yaml.safe_dump(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:8]
+    run_dir = results / f"demo-pretrain-{key}"
+    summary, last = run_dir / "summary.json", run_dir / "checkpoints" / "last.pt"
+    if summary.is_file() and json.loads(summary.read_text()).get("status") == "completed":
+        print(f"pretrained generator: {run_dir} (reused)")
+        return str(run_dir)
+    done = train(cfg, run_dir, resume=run_dir if last.is_file() else None)
     if done["status"] != "completed":
         raise UserError(f"demo pretrain run {run_dir} ended {done['status']}: {done.get('reason')}")
     print(f"pretrained generator: {run_dir} ({steps} steps, val psnr {done['val'].get('psnr', float('nan')):.2f} dB)")
