@@ -8,126 +8,25 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import shutil
 import signal
-import socket
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
-import psutil
 import pytest
+from raycluster import BIN, ENV, running_head
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 SMOKE_CFG = ROOT / "configs" / "smoke_unpaired.yaml"
 # Trainer config keys the tests set (names from isp_search.train's TrainConfig).
 STEPS, EVAL_EVERY, G_LR = "train.steps", "train.eval_interval", "optim.g_lr"
-ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0", "PYTHONUNBUFFERED": "1",
-       "OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
-ENV.pop("RAY_ADDRESS", None)
-# token auth, as on a real cluster (SPEC section 10); our own token, so no file in ~/.ray is read or written
-ENV.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
-ENV.pop("RAY_AUTH_TOKEN_PATH", None)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def processes_under(marker: str) -> list[psutil.Process]:
-    """Processes whose command line names ``marker`` (our temp dir or port): exactly the ones we started."""
-    out = []
-    for p in psutil.process_iter(["cmdline"]):
-        try:
-            if any(marker in a for a in p.info["cmdline"] or ()):
-                out.append(p)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return out
-
-
-def kill_tree(procs: list[psutil.Process], sig: int = signal.SIGKILL) -> None:
-    everything = {}
-    for p in procs:
-        try:
-            everything[p.pid] = p
-            for c in p.children(recursive=True):
-                everything[c.pid] = c
-        except psutil.NoSuchProcess:
-            pass
-    for p in everything.values():
-        try:
-            p.send_signal(sig)
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(list(everything.values()), timeout=10)
-
-
-class Head:
-    """A Ray head on loopback with its own ports and temp dir."""
-
-    def __init__(self) -> None:
-        self.tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
-        self.port, self.dash = free_port(), free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        self.nodes: list[str] = []
-        self.client_port = free_port()
-        self._ray(["start", "--head", f"--port={self.port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
-                   "--num-gpus=0", f"--temp-dir={self.tmp}", "--include-dashboard=true",
-                   "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dash}", "--disable-usage-stats",
-                   f"--ray-client-server-port={self.client_port}", f"--dashboard-agent-listen-port={free_port()}"])
-
-    def _ray(self, args: list[str]) -> None:
-        r = subprocess.run([str(BIN / "ray"), *args], env=ENV, capture_output=True, text=True, timeout=180,
-                           start_new_session=True)
-        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-
-    def add_node(self, resources: dict) -> str:
-        """A second raylet on this machine joining the head; returns its node-manager port as a marker."""
-        nm = free_port()
-        self._ray(["start", f"--address={self.address}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-                   "--num-gpus=0", f"--resources={json.dumps(resources)}", f"--node-manager-port={nm}",
-                   f"--object-manager-port={free_port()}", f"--metrics-export-port={free_port()}",
-                   f"--dashboard-agent-listen-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
-                   "--disable-usage-stats"])
-        marker = f"--node_manager_port={nm}"
-        self.nodes.append(marker)
-        return marker
-
-    def kill_node(self, marker: str) -> int:
-        """SIGKILL the raylet started for that node and everything under it (its workers, the trial)."""
-        raylets = [p for p in processes_under(marker) if "raylet" in " ".join(p.cmdline())]
-        assert raylets, f"no raylet with {marker}"
-        kill_tree(raylets)
-        return len(raylets)
-
-    def stop(self) -> None:
-        for marker in self.nodes:
-            kill_tree(processes_under(marker), signal.SIGTERM)
-        # The Ray client proxy names neither the temp dir nor the node: it is found by its own port, and other
-        # helpers of this head by the GCS address (both ports were allocated to this head).
-        ours = [f"--port={self.client_port}", self.address, self.tmp]
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for marker in ours:
-                kill_tree(processes_under(marker), sig)
-        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def head():
-    h = Head()
-    try:
-        yield h
-    finally:
-        h.stop()
+    yield from running_head()
 
 
 def write_space(tmp: Path, *, samples: int, steps: int = 4, points: list[dict] | None = None,
