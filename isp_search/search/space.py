@@ -84,6 +84,20 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class PretrainCfg:
+    """The generator every trial starts from (``model.init_from``): a pretrain run the search trains once (keyed
+    by its resolved config under the storage path, reused by later searches), or an existing run / checkpoint."""
+
+    config: str | None = None  # a training config path (relative to the space YAML), usually mode: pretrain
+    overrides: dict[str, Any] = field(default_factory=dict)  # dotted key -> value on that config
+    init_from: str | None = None  # instead: an existing run folder or checkpoint file
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.config or self.init_from)
+
+
+@dataclass(frozen=True)
 class StorageCfg:
     path: str = "results/search"  # local folder, NFS folder (same path on every node) or s3://bucket/prefix
     optuna: str | None = None  # journal file path or RDB URL; default: <path>/<name>/optuna.journal
@@ -124,6 +138,7 @@ class SearchSpace:
     resources: Resources = field(default_factory=Resources)
     storage: StorageCfg = field(default_factory=StorageCfg)
     export: ExportCfg = field(default_factory=ExportCfg)
+    pretrain: PretrainCfg = field(default_factory=PretrainCfg)
     source: str = ""  # the YAML file this came from
 
     @property
@@ -251,6 +266,7 @@ def parse_space(data: Any, src: Source, yaml_dir: Path | None = None) -> SearchS
         if unknown:
             raise ConfigError(f"{src.where('search.points_to_evaluate')}: search.points_to_evaluate[{i}]: "
                               f"unknown parameter {unknown[0]!r}; parameters: {', '.join(params)}")
+    pretrain = _parse_pretrain(cfg.pretrain, src, yaml_dir)
     storage = replace(cfg.storage, path=absolute_path(cfg.storage.path))
     if storage.optuna and "://" not in storage.optuna:
         storage = replace(storage, optuna=absolute_path(storage.optuna))
@@ -260,7 +276,28 @@ def parse_space(data: Any, src: Source, yaml_dir: Path | None = None) -> SearchS
                           f"{export.results!r}")
     name = cfg.name or Path(src.file).stem
     return replace(cfg, name=name, base=base, space=params, objectives=objectives, storage=storage, export=export,
+                   pretrain=pretrain,
                    source=str(Path(src.file).resolve()) if os.path.exists(src.file) else src.file)
+
+
+def _parse_pretrain(p: PretrainCfg, src: Source, yaml_dir: Path | None) -> PretrainCfg:
+    """``pretrain.config`` must exist (resolved against the space YAML); ``init_from`` is the other way."""
+    if p.config and p.init_from:
+        raise ConfigError(f"{src.where('pretrain')}: pretrain: give either config (a run to train) or init_from "
+                          "(an existing run), not both")
+    if p.overrides and not p.config:
+        raise ConfigError(f"{src.where('pretrain.overrides')}: pretrain.overrides: apply to pretrain.config, "
+                          "which is not set")
+    if p.config:
+        path = Path(os.path.expanduser(p.config))
+        path = path if path.is_absolute() else (yaml_dir or Path.cwd()) / path
+        if not path.is_file():
+            raise ConfigError(f"{src.where('pretrain.config')}: pretrain.config: no such file {path}")
+        p = replace(p, config=str(path.resolve()))
+    if p.init_from and "://" not in p.init_from:
+        path = Path(os.path.expanduser(p.init_from))
+        p = replace(p, init_from=str(path if path.is_absolute() else ((yaml_dir or Path.cwd()) / path).resolve()))
+    return p
 
 
 def _parse_objectives(raw: Any, src: Source) -> tuple[Objective, ...]:
