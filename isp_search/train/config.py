@@ -70,6 +70,7 @@ class ModelCfg:
     arch: str = "efficient_isp"  # efficient_isp | robust_isp | rmfa_tiny
     preset: str | None = None  # normalisation preset; None: the backbone's own
     init_from: str | None = None  # checkpoint or run folder to start from (e.g. the pretrain run)
+    allow_scratch: bool = False  # a paired/unpaired (GAN) stage may start from a random generator
 
 
 @dataclass(frozen=True)
