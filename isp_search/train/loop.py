@@ -26,6 +26,7 @@ from isp_search.train.losses import LOSSES
 from isp_search.train.step import FrozenNets, build_discriminators, discriminator_step, generator_step
 
 Report = Callable[[int, dict[str, Any], str], None]
+GAN_MODES = ("paired", "unpaired")  # stages that need model.init_from (or model.allow_scratch)
 
 
 def pick_device(name: str) -> torch.device:
@@ -70,6 +71,11 @@ def train(cfg: TrainConfig, run_dir: str | Path, report: Report | None = None,
     ``resume``: a run folder, its ``checkpoints/`` folder or a ``last.pt`` to continue exactly from.
     """
     t_start = time.time()
+    if cfg.mode in GAN_MODES and not cfg.model.init_from and resume is None and not cfg.model.allow_scratch:
+        from isp_search.configio import ConfigError
+
+        raise ConfigError(f"model.init_from: a {cfg.mode} (GAN) stage starts from a pretrained generator; set "
+                          "model.init_from to the pretrain run, or model.allow_scratch: true to start from random")
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
