@@ -138,7 +138,8 @@ def test_synth_walkthrough_unpaired_starts_from_pretrain(synth_root, tmp_path):
     assert un_cfg.model.init_from == str(CONFIGS.parent / "runs" / "synth_pretrain")  # where make synth-isp writes
     pre = train(apply_overrides(load_train_config(CONFIGS / "synth_pretrain.yaml"),
                                 {**common, "train.steps": 300, "train.eval_interval": 300}), tmp_path / "pre")
-    scratch = train(apply_overrides(un_cfg, {**common, "model.init_from": None, "train.steps": 1,
+    scratch = train(apply_overrides(un_cfg, {**common, "model.init_from": None, "model.allow_scratch": True,
+                                             "train.steps": 1,
                                              "train.eval_interval": 1}), tmp_path / "scratch")
     un = train(apply_overrides(un_cfg, {**common, "model.init_from": str(tmp_path / "pre"), "train.steps": 6,
                                         "train.eval_interval": 6, "train.log_interval": 1}), tmp_path / "un")
