@@ -190,6 +190,8 @@ def build_store(raw_paths: Sequence[str | os.PathLike], demosaicer: str = "menon
 
 def _build_locked(root: Path, key: str, paths: list[str], demosaicer: str, look: ReferenceLook,
                   out_size: tuple[int, int] | None, map_chunks: MapChunks, progress) -> None:
+    for stale in root.glob(f".{key}.*"):  # left by a builder killed mid-way (we hold the lock now)
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
     try:
         meta = {"demosaicer": demosaicer, "look": look.key(), "out_size": out_size, "count": len(paths)}
