@@ -1,8 +1,10 @@
 """Run-folder plumbing: the seeded batch order, RNG capture, training checkpoints and atomic JSON.
 
-A training checkpoint is a generator checkpoint (``isp_search.models.checkpoint`` format: top-level ``format``,
-``arch``, ``preset``, ``state_dict``) plus ``optim_state`` (optimisers, discriminators, step, data position, RNGs,
-best score) — ``load_generator`` skips keys starting with ``optim``, so predict/eval/export read it as is.
+A training checkpoint (``last.pt``) is a generator checkpoint (``isp_search.models.checkpoint`` format: top-level
+``format``, ``arch``, ``preset``, ``state_dict``) plus ``optim_state`` (optimisers, discriminators, step, data
+position, RNGs, best score) — ``load_generator`` skips keys starting with ``optim``, so predict/eval/export read it
+as is. ``best.pt`` is the generator alone (what export needs; resume never reads it), so a reported checkpoint
+folder holds the resume state once.
 """
 
 from __future__ import annotations
@@ -70,6 +72,26 @@ def save_training_checkpoint(path: Path, gen: torch.nn.Module, arch: str, preset
                              optim_state: dict[str, Any], **extra: Any) -> Path:
     """Atomic write of the generator plus everything needed to resume exactly."""
     return save_generator(path, gen, arch, preset, step=step, optim_state=optim_state, **extra)
+
+
+def save_best_generator(path: Path, gen: torch.nn.Module, arch: str, preset: str, step: int, **extra: Any) -> Path:
+    """Atomic write of the generator alone (no optimiser or discriminator state): the export/predict file."""
+    return save_generator(path, gen, arch, preset, step=step, **extra)
+
+
+def checkpoint_sha256(init_from: str | None) -> str | None:
+    """sha256 of the checkpoint file ``init_from`` resolves to (run.json records what a run started from)."""
+    if not init_from or "://" in init_from:
+        return None
+    import hashlib
+
+    from isp_search.models.checkpoint import resolve_checkpoint_path
+
+    h = hashlib.sha256()
+    with open(resolve_checkpoint_path(init_from), "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def resolve_resume(path: str | os.PathLike) -> Path:
