@@ -84,7 +84,10 @@ def train(cfg: TrainConfig, run_dir: str | Path, report: Report | None = None,
     st.seed_everything(cfg.train.seed)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     st.write_json(run_dir / "run.json", {"seed": cfg.train.seed, "git_sha": st.git_sha(), "device": str(device),
-                                         "torch": torch.__version__, "backbone_weights": cfg.backbone_weights})
+                                         "torch": torch.__version__, "backbone_weights": cfg.backbone_weights,
+                                         "init_from": cfg.model.init_from if resume is None else None,
+                                         "init_sha256": st.checkpoint_sha256(cfg.model.init_from) if resume is None
+                                         else None})
 
     # ---- data, generator, frozen networks, discriminators, optimisers ----------------------------------------
     data = make_datasets(cfg)
@@ -207,7 +210,9 @@ def train(cfg: TrainConfig, run_dir: str | Path, report: Report | None = None,
                 best = {"score": val.get("score", -math.inf), "step": step, "metrics": val}
             save("last.pt")
             if improved:
-                st.copy_atomic(ckpt_dir / "last.pt", ckpt_dir / "best.pt")
+                # generator only: export reads it, resume never does (last.pt holds the training state once)
+                st.save_best_generator(ckpt_dir / "best.pt", gen, cfg.model.arch, preset, step, mode=cfg.mode,
+                                       backbone_weights=cfg.backbone_weights, config=to_dict(cfg))
             emit("val", step, val)
             if report is not None:
                 report(step, {**val, "step": step, "best_score": best["score"]}, str(ckpt_dir))
