@@ -1,7 +1,9 @@
 """``train()`` wrapped as a Ray Tune function trainable.
 
 Every evaluation of the trainer becomes a ``tune.report`` carrying the validation metrics and the trainer's
-checkpoint folder (so a trial whose worker dies restarts from it via ``tune.get_checkpoint()``). The closing report
+checkpoint folder (so a trial whose worker dies restarts from it via ``tune.get_checkpoint()``); the run folder
+itself (metrics, TensorBoard, samples) is written under the experiment in storage, not on the worker's disk (Ray
+2.60 keeps ``get_trial_dir()`` local). The closing report
 has ``final=1``, the trial's status and the objective values of its best evaluation so far (by the scheduler's
 scalar ``score``); the searcher reads that report to tell Optuna COMPLETE, PRUNED or FAIL.
 """
@@ -59,19 +61,58 @@ def _numbers(metrics: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run_trial(config: dict[str, Any], *, space: SearchSpace, base_cfg: Any, score_mode: str) -> None:
+def trial_run_dir(exp_uri: str, trial_id: str, local_trial_dir: str) -> tuple[Path, str | None]:
+    """Where a trial's run folder goes, and the URI to upload it to: on a local/NFS storage path the run folder
+    is ``<storage>/<name>/trial_<id>/run`` itself (every node writes there); on an object store it is written on
+    the worker's disk and uploaded to the same place after every evaluation."""
+    rel = f"trial_{trial_id}/run"
+    if "://" not in exp_uri:
+        return Path(exp_uri) / rel, None
+    return Path(local_trial_dir) / "run", f"{exp_uri.rstrip('/')}/{rel}"
+
+
+def upload_run(run_dir: Path, uri: str) -> None:
+    """Copy the run folder's new or changed files (not ``checkpoints/``: Ray stores those) to ``uri``."""
+    import pyarrow.fs
+
+    fs, base = pyarrow.fs.FileSystem.from_uri(uri)
+    for f in run_dir.rglob("*"):
+        rel = f.relative_to(run_dir)
+        if not f.is_file() or rel.parts[0] in ("checkpoints", "latency_export"):
+            continue
+        dst = f"{base}/{rel.as_posix()}"
+        info = fs.get_file_info(dst)
+        if info.type == pyarrow.fs.FileType.File and info.size == f.stat().st_size and rel.suffix == ".png":
+            continue  # samples never change once written; logs grow and are copied again
+        fs.create_dir(dst.rsplit("/", 1)[0], recursive=True)
+        pyarrow.fs.copy_files(str(f), dst, destination_filesystem=fs)
+
+
+def folder_bytes(folder: str | Path) -> int:
+    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
+
+
+def run_trial(config: dict[str, Any], *, space: SearchSpace, base_cfg: Any, score_mode: str,
+              exp_uri: str = "") -> None:
     """The Ray Tune function trainable: apply the sampled values to ``base_cfg`` and train, reporting as it goes."""
     from isp_search.train import apply_overrides, train
 
     cfg = apply_overrides(base_cfg, to_overrides(space, dict(config)))
     ctx = tune.get_context()
-    run_dir = Path(ctx.get_trial_dir()) / "run"
+    if exp_uri:
+        run_dir, upload = trial_run_dir(exp_uri, ctx.get_trial_id(), ctx.get_trial_dir())
+    else:
+        run_dir, upload = Path(ctx.get_trial_dir()) / "run", None
     tracker = BestSoFar(space.scheduler.metric, score_mode)
 
     def report(step: int, metrics: dict[str, Any], checkpoint_dir: str) -> None:
         values = _numbers(metrics)
         tracker.update(step, values)
         tracker.save(checkpoint_dir)
+        if upload:
+            upload_run(run_dir, upload)
+        print(f"trial {ctx.get_trial_id()} step {step}: reported checkpoint {folder_bytes(checkpoint_dir) / 1e6:.1f} MB "
+              f"({', '.join(sorted(p.name for p in Path(checkpoint_dir).iterdir()))})", flush=True)
         tune.report(_with_required({**values, "step": step}, space),
                     checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
 
@@ -81,7 +122,11 @@ def run_trial(config: dict[str, Any], *, space: SearchSpace, base_cfg: Any, scor
         if resume_dir:
             tracker.load(resume_dir)
         summary = train(cfg, run_dir, report=report, resume=resume_dir)
-    tune.report(_with_required(final_report(summary, tracker, space, run_dir), space))
+    final = final_report(summary, tracker, space, run_dir)
+    if upload:
+        upload_run(run_dir, upload)
+        final["run_uri"] = upload
+    tune.report(_with_required(final, space))
 
 
 def _with_required(result: dict[str, Any], space: SearchSpace) -> dict[str, Any]:

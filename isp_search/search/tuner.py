@@ -151,27 +151,38 @@ def _scheduler(space: SearchSpace, score_mode: str, cfg: Any):
                          reduction_factor=space.scheduler.reduction_factor)
 
 
-def _trainable(space: SearchSpace, cfg: Any, score_mode: str):
+def _trainable(space: SearchSpace, cfg: Any, score_mode: str, exp_uri: str):
     from ray import tune
 
     from isp_search.search.trainable import run_trial
 
     res = space.resources
     resources = {"cpu": res.cpu, "gpu": res.gpu, **res.custom}
-    return tune.with_resources(tune.with_parameters(run_trial, space=space, base_cfg=cfg, score_mode=score_mode),
-                               resources)
+    return tune.with_resources(tune.with_parameters(run_trial, space=space, base_cfg=cfg, score_mode=score_mode,
+                                                    exp_uri=exp_uri), resources)
 
 
 def _trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def run_search(space: SearchSpace, name: str | None = None, resume: bool = False, address: str | None = None):
-    """Run (or resume) the search described by ``space``; returns ``(experiment, ResultGrid, info)``."""
+def connect(address: str | None = None) -> None:
+    """Join the cluster at ``address`` (or ``$RAY_ADDRESS`` under ``ray job submit``), else start a local Ray."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the classic CLIReporter table, with both objectives as columns
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "0")
     import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False if address is None and not os.environ.get("RAY_ADDRESS")
+                 else None, log_to_driver=True)
+
+
+def run_search(space: SearchSpace, name: str | None = None, resume: bool = False, address: str | None = None,
+               exp: Experiment | None = None):
+    """Run (or resume) the search described by ``space``; returns ``(experiment, ResultGrid, info)``.
+
+    ``exp``: the experiment, already made by the study's earlier stages (``isp_search.search.study``)."""
     from ray import tune
 
     from isp_search.search.searcher import make_searcher
@@ -179,17 +190,14 @@ def run_search(space: SearchSpace, name: str | None = None, resume: bool = False
     cfg = base_train_config(space)
     check_space_keys(space, cfg)
     score_mode = get_score_mode(space)
-    exp = find_experiment(space, name) if resume else new_experiment(space, name)
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False if address is None and not os.environ.get("RAY_ADDRESS")
-                 else None, log_to_driver=True)
-    trainable = _trainable(space, cfg, score_mode)
-    if resume:
-        if not tune.Tuner.can_restore(exp.uri):
-            raise UserError(f"--resume: {exp.uri} holds no Ray Tune experiment state")
+    exp = exp or (find_experiment(space, name) if resume else new_experiment(space, name))
+    connect(address)
+    trainable = _trainable(space, cfg, score_mode, exp.uri)
+    if resume and tune.Tuner.can_restore(exp.uri):
         tuner = tune.Tuner.restore(exp.uri, trainable=trainable, resume_errored=True)
-    else:
-        write_meta(exp, space)
+    else:  # a fresh search, or one cut off before its first trial (during prepare or pretrain)
+        if not resume:
+            write_meta(exp, space)
         searcher = make_searcher(space, exp.study_name, exp.optuna_storage, exp.name)
         metric_columns = {m: m for m in space.metric_names} | {space.scheduler.metric: space.scheduler.metric,
                                                                "step": "step"}
