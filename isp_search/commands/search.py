@@ -9,7 +9,10 @@ from dataclasses import replace
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "search", help="run or resume a multi-objective hyper-parameter search (Ray Tune + Optuna) from a space YAML",
-        description="Train one model per trial on a local or remote Ray cluster, searched by Optuna on the "
+        description="Run a whole study, each stage skipped when its result is there: preflight checks on the driver, "
+        "prepare (every reference cache, built once over the cluster's CPUs), pretrain (the run named by the "
+        "space's pretrain: section, once, reused by every trial), then train one model per trial on a local or "
+        "remote Ray cluster, searched by Optuna on the "
         "objectives of SPACE.yaml (default LPIPS down, PSNR up), ASHA on the scalar score; then export, gate and "
         "time the Pareto-optimal trials and add them to the leaderboard. Schema: search_spaces/README.md.")
     p.add_argument("space", metavar="SPACE.yaml", help="search-space file (see search_spaces/)")
@@ -49,13 +52,15 @@ def run(args: argparse.Namespace) -> int:
 
 def run_space(space, name: str | None = None, resume: bool = False, address: str | None = None,
               smoke: bool = False) -> int:
-    """Search, then export the Pareto trials and print the table; the exit code is 0 when a trial completed."""
+    """The whole study (preflight, prepare, pretrain, search), then export the Pareto trials and print the table;
+    the exit code is 0 when a trial completed."""
     from isp_search.search.post import finish, format_summary
-    from isp_search.search.tuner import run_search, smoke_space
+    from isp_search.search.study import run_study
+    from isp_search.search.tuner import smoke_space
 
     if smoke:
         space = smoke_space(space)
-    exp, results, info = run_search(space, name=name, resume=resume, address=address)
+    exp, results, info = run_study(space, name=name, resume=resume, address=address)
     summary = finish(space, exp, results, score_mode=info["score_mode"], data=info["data"], mode=info["mode"])
     print(format_summary(summary, space, exp))
     return 0 if summary.pareto else 1  # the Pareto front is empty only when no trial completed

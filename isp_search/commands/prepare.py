@@ -1,0 +1,105 @@
+"""``isp-search prepare SPACE.yaml | CONFIG.yaml``: build every reference cache a search (or a run) will read."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "prepare", help="build every reference cache a search space or training config needs (once, in parallel)",
+        description="List the reference stores a search space's trials and pretrain run can ask for (each "
+        "searched demosaicer x each split) or a training config needs, and build the missing ones into "
+        "$ISP_SEARCH_CACHE: with local processes, or as Ray tasks over a cluster with --address. "
+        "`isp-search search` runs this stage itself; this command runs it alone (e.g. on a CPU box first).")
+    p.add_argument("spec", metavar="SPACE_OR_CONFIG.yaml", help="a search space (search_spaces/) or training config")
+    p.add_argument("--workers", type=int, default=None, help="local processes (default: every CPU)")
+    p.add_argument("--address", default=None, help="build as Ray tasks on this cluster (e.g. auto)")
+    p.add_argument("--cache", default=None, help="cache folder (default: $ISP_SEARCH_CACHE or ~/.cache/isp-search)")
+    p.add_argument("--bench", action="store_true",
+                   help="benchmark instead: build each demosaicer's stores into a scratch folder with 1 and with "
+                   "N workers and print images/s (nothing is added to the cache)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=run)
+
+
+def configs_of(spec: str) -> tuple[list, list[str]]:
+    """(training configs, searched demosaicers) of a search space or a training config file."""
+    from isp_search.configio import load_yaml
+
+    data, _ = load_yaml(spec)
+    if isinstance(data, dict) and "space" in data and "base" in data:
+        from isp_search.search.prepare import space_demosaicers
+        from isp_search.search.pretrain import pretrain_config
+        from isp_search.search.space import load_space
+        from isp_search.search.tuner import base_train_config
+
+        space = load_space(spec)
+        configs = [base_train_config(space)]
+        pre = pretrain_config(space)
+        return ([pre] if pre is not None else []) + configs, space_demosaicers(space)
+    from isp_search.train import load_train_config
+
+    return [load_train_config(spec)], []
+
+
+def run(args: argparse.Namespace) -> int:
+    from isp_search.errors import UserError
+    from isp_search.search import prepare as P
+
+    if args.workers is not None and args.workers <= 0:
+        raise UserError(f"--workers {args.workers}: expected an int > 0")
+    configs, demosaicers = configs_of(args.spec)
+    jobs = P.plan(configs, demosaicers)
+    if args.bench:
+        return bench(jobs, args)
+    use_ray = args.address is not None
+    if use_ray:
+        import ray
+
+        ray.init(address=args.address, log_to_driver=True)
+    t0 = time.time()
+    P.prepare(jobs, use_ray=use_ray, workers=args.workers, cache_dir=args.cache, quiet=args.json)
+    P.run_hooks(configs)
+    if args.json:
+        print(json.dumps({"stores": [j.row() for j in jobs], "seconds": round(time.time() - t0, 3)}, indent=1))
+    else:
+        for j in jobs:
+            print(f"{j.split:5s} {j.demosaicer:16s} {len(j.paths):6d} images  {j.key}  "
+                  + (f"built in {j.seconds:.1f} s" if j.built else "cached"))
+    return 0
+
+
+def bench(jobs: list, args: argparse.Namespace) -> int:
+    """Per demosaicer: seconds and images/s to build all its stores with 1 and with N local workers."""
+    from isp_search.search import prepare as P
+
+    n = args.workers or os.cpu_count() or 1
+    rows = []
+    for dm in dict.fromkeys(j.demosaicer for j in jobs):
+        mine = [j for j in jobs if j.demosaicer == dm]
+        images = sum(len(j.paths) for j in mine)
+        row = {"demosaicer": dm, "images": images, "cpus": os.cpu_count()}
+        for workers in dict.fromkeys([1, n]):
+            scratch = tempfile.mkdtemp(prefix="isp-prepare-bench-")
+            try:
+                fresh = [P.StoreJob(j.root, j.split, j.demosaicer, j.paths) for j in mine]
+                t0 = time.perf_counter()
+                P.prepare(fresh, workers=workers, cache_dir=scratch, quiet=True)
+                s = time.perf_counter() - t0
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+            row[f"seconds_{workers}w"] = round(s, 3)
+            row[f"images_per_s_{workers}w"] = round(images / s, 2)
+        rows.append(row)
+    if args.json:
+        print(json.dumps({"workers": n, "bench": rows}, indent=1))
+    else:
+        for r in rows:
+            print("  ".join(f"{k}={v}" for k, v in r.items()))
+    return 0
