@@ -21,7 +21,7 @@ from torch import nn
 from isp_search import ssim as tf_ssim
 from isp_search.errors import UserError
 from isp_search.registry import Registry
-from isp_search.weights import WeightsMode, check_mode, load_state_dict_file, load_torchvision
+from isp_search.weights import WeightsMode, check_mode, load_state_dict_file, load_torchvision, seeded_init
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,8 @@ def build_lpips(mode: WeightsMode, semantic: bool = False) -> nn.Module:
     from pyiqa.archs import lpips_arch
 
     check_mode(mode)
-    with _torchvision_without_download(lpips_arch, mode):
+    # Random heads (and trunk) from a fixed seed per network: the same random LPIPS in every process and trial.
+    with _torchvision_without_download(lpips_arch, mode), seeded_init("lpips+" if semantic else "lpips"):
         net = lpips_arch.LPIPS(pretrained=False, net="alex", version="0.1", pnet_rand=False,
                                semantic_weight_layer=2 if semantic else -1)
     if mode == "pretrained":
@@ -133,7 +134,7 @@ def build_dists(mode: WeightsMode) -> nn.Module:
     from pyiqa.archs import dists_arch
 
     check_mode(mode)
-    with _torchvision_without_download(dists_arch, mode):
+    with _torchvision_without_download(dists_arch, mode), seeded_init("dists"):  # random alpha/beta: fixed seed
         net = dists_arch.DISTS(pretrained=False)
     if mode == "pretrained":
         ab = load_state_dict_file("dists_alpha_beta")

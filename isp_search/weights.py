@@ -13,6 +13,7 @@ them is labelled ``random`` by its consumer (metrics: the ``lpips_weights`` fiel
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -48,10 +49,12 @@ WEIGHTS: Registry[WeightFile] = Registry("pretrained weight file")
 for _w in (
     WeightFile("vgg19", "vgg19-dcbb9e9d.pth", "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth", "dcbb9e9d",
                "content loss (VGG-19 relu5_4)"),
-    WeightFile("vit_b16", "vit_base_patch16_224.augreg2_in21k_ft_in1k.safetensors",
-               "https://huggingface.co/timm/vit_base_patch16_224.augreg2_in21k_ft_in1k", None,
-               "colour discriminator features (timm vit_base_patch16_224)",
-               hf_repo="timm/vit_base_patch16_224.augreg2_in21k_ft_in1k"),
+    # The original ViT-B/16 release (ImageNet-21k, fine-tuned on ImageNet-1k: the weights of HF
+    # google/vit-base-patch16-224, which [ref] used), not timm's default augreg2 retraining.
+    WeightFile("vit_b16", "vit_base_patch16_224.orig_in21k_ft_in1k.safetensors",
+               "https://huggingface.co/timm/vit_base_patch16_224.orig_in21k_ft_in1k", None,
+               "colour discriminator features (timm vit_base_patch16_224.orig_in21k_ft_in1k)",
+               hf_repo="timm/vit_base_patch16_224.orig_in21k_ft_in1k"),
     WeightFile("alexnet", "alexnet-owt-7be5be79.pth", "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
                "7be5be79", "LPIPS metric/loss trunk and texture discriminator features"),
     WeightFile("vgg16", "vgg16-397923af.pth", "https://download.pytorch.org/models/vgg16-397923af.pth", "397923af",
@@ -166,7 +169,8 @@ def status(verify: bool = False) -> list[dict]:
     rows = []
     for n in WEIGHTS.names():
         w, p = WEIGHTS.get(n), find(n)
-        row = {"name": n, "file": w.filename, "used_by": w.used_by, "path": str(p) if p else None}
+        row = {"name": n, "file": w.filename, "used_by": w.used_by, "path": str(p) if p else None,
+               "source": w.hf_repo and f"huggingface.co/{w.hf_repo}" or w.url}
         if verify:
             row["sha256_ok"] = sha256_matches(p, w.sha256) if p else None
         rows.append(row)
@@ -199,6 +203,22 @@ def fetch(dest: str | os.PathLike | None = None, files: Iterable[WeightFile] | N
 
 
 # ---- frozen networks built without any download (metrics and the trainer use these) ---------------------------
+
+def random_seed_for(name: str) -> int:
+    """The fixed seed of the random-initialised network ``name`` (a stable hash: the same in every process)."""
+    return int.from_bytes(hashlib.sha256(f"isp-search/random/{name}".encode()).digest()[:8], "little") >> 1
+
+
+@contextlib.contextmanager
+def seeded_init(name: str):
+    """Random initialisation inside this block draws from ``random_seed_for(name)``; the global (CPU and CUDA)
+    RNG state is restored afterwards, so building a network never shifts a run's own random stream."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(random_seed_for(name))
+        yield
+
 
 def _freeze(model):
     model.eval()
@@ -242,10 +262,10 @@ def load_torchvision(name: str, mode: WeightsMode):
     the convolutional ``features`` get a variance-preserving Kaiming-normal init with zero bias (VGG: torchvision's
     own, fan-out; AlexNet: fan-in, because with PyTorch's default init its ``relu4`` output is nearly constant
     across images, leaving the texture discriminator nothing to judge) and the ``classifier``, which no project
-    network uses, is zeros (drawing its ~100M weights would cost seconds per build)."""
+    network uses, is zeros (drawing its ~100M weights would cost seconds per build). Random weights come from the
+    fixed seed of ``name`` (:func:`seeded_init`), so they are the same in every process."""
     import torch
     import torchvision
-    from torch import nn
 
     check_mode(mode)
     with torch.device("meta"):
@@ -254,6 +274,14 @@ def load_torchvision(name: str, mode: WeightsMode):
         _load_into(model, name, assign=True)
         return _freeze(model)
     model = model.to_empty(device="cpu")
+    with seeded_init(name):
+        _init_random_torchvision(model, name)
+    return _freeze(model)
+
+
+def _init_random_torchvision(model, name: str) -> None:
+    from torch import nn
+
     for m in model.features.modules():
         if isinstance(m, nn.Conv2d) and name.startswith("vgg"):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -265,7 +293,6 @@ def load_torchvision(name: str, mode: WeightsMode):
         if isinstance(m, nn.Linear):
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
-    return _freeze(model)
 
 
 def load_vgg19_features(mode: WeightsMode):
@@ -278,10 +305,13 @@ def load_alexnet(mode: WeightsMode):
     return load_torchvision("alexnet", mode)
 
 
+VIT_B16_TAG = "vit_base_patch16_224.orig_in21k_ft_in1k"
+
+
 def load_vit_b16(mode: WeightsMode, img_size: int = 224):
-    """timm ``vit_base_patch16_224`` for ``img_size`` inputs, frozen; in pretrained mode the local file goes
-    through timm's own loader (``pretrained_cfg_overlay=dict(file=...)``), which resamples the position
-    embeddings when ``img_size`` is not 224."""
+    """timm ``vit_base_patch16_224.orig_in21k_ft_in1k`` for ``img_size`` inputs, frozen; in pretrained mode the
+    local file goes through timm's own loader (``pretrained_cfg_overlay=dict(file=...)``), which resamples the
+    position embeddings when ``img_size`` is not 224; random weights come from the fixed seed of its name."""
     import timm
 
     check_mode(mode)
@@ -289,7 +319,8 @@ def load_vit_b16(mode: WeightsMode, img_size: int = 224):
     if mode == "pretrained":
         kw.update(pretrained=True, pretrained_cfg_overlay={"file": str(require("vit_b16"))})
     try:
-        return _freeze(timm.create_model("vit_base_patch16_224", **kw))
+        with seeded_init(f"{VIT_B16_TAG}@{img_size}"):
+            return _freeze(timm.create_model(VIT_B16_TAG, **kw))
     except (RuntimeError, OSError, ValueError) as e:
         if mode != "pretrained":
             raise

@@ -156,7 +156,7 @@ def test_resolver_order_hf_cache_wheels_and_missing(tmp_path, monkeypatch):
     mine = weights.set_weights_dir(tmp_path)  # --weights-dir wins over torch's cache
     (mine / "vgg19-dcbb9e9d.pth").write_bytes(b"y")
     assert weights.find("vgg19") == mine / "vgg19-dcbb9e9d.pth"
-    snap = tmp_path / "hf" / "hub" / "models--timm--vit_base_patch16_224.augreg2_in21k_ft_in1k"
+    snap = tmp_path / "hf" / "hub" / "models--timm--vit_base_patch16_224.orig_in21k_ft_in1k"
     (snap / "snapshots" / "abc").mkdir(parents=True)
     (snap / "refs").mkdir()
     (snap / "refs" / "main").write_text("abc")

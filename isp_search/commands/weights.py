@@ -43,7 +43,8 @@ def run_status(args: argparse.Namespace) -> int:
         state = "ok     " if r["path"] else "MISSING"
         if r.get("sha256_ok") is False:
             state = "BAD SHA"
-        print(f"{state} {r['name']:<17} {r['path'] or r['file']}  ({r['used_by']})")
+        where = f"{r['file']} at {r['path']}" if r["path"] else f"{r['file']} (from {r['source']})"
+        print(f"{state} {r['name']:<17} {where}  ({r['used_by']})")
     missing = [r["name"] for r in rows if not r["path"]]
     if missing:
         print(f"{len(missing)} missing: run `isp-search weights fetch` where there is internet, or use "
