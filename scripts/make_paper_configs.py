@@ -14,6 +14,10 @@ BACKBONES = {  # g_lr, d_lr, d_every (SPEC §6: RMFA tiny uses its own)
 }
 DATASETS = {"mai2022": ("../../data/mai2022", "mai2022"), "zrr": ("../../data/zrr", "zrr")}
 STEPS = {"pretrain": 20000, "paired_noadv": 100000, "paired": 100000, "unpaired": 100000}
+# best.pt by validation PSNR, as [ref] chose its released checkpoint (it scored checkpoints every 10 steps
+# offline). Every 250 steps = every 25 discriminator updates (10 for RMFA): 400 evaluations in a 100k-step run,
+# 80 in pretraining; a full 1,024-image validation costs a few seconds on a GPU, ~10-20 % of 250 steps.
+EVAL_INTERVAL = 250
 
 
 def config(backbone: str, mode: str, dataset: str) -> dict:
@@ -27,14 +31,15 @@ def config(backbone: str, mode: str, dataset: str) -> dict:
                  "demosaicer": "menon2007", "patch_size": None, "augment": False, "n_val": 1024,
                  "n_test": 1024 if dataset == "mai2022" else 0, "workers": 4},
         "model": {"arch": backbone, "preset": None, "init_from": None},
-        "losses": {"r_gamma": 1000.0, "dla": True},
-        "features": {"vit_img_size": 224},
+        # Paper Eq. 12: pretraining's content term on RGB against the demosaiced reference; unpaired on LAB L.
+        "losses": {"r_gamma": 1000.0, "dla": True, "content_space": "rgb" if mode != "unpaired" else "lab_l"},
+        "features": {"vit_img_size": 224, "input": "reference"},
         "optim": {"g_lr": g_lr, "g_beta1": 0.5, "g_beta2": 0.9,
                   "d_color_lr": d_lr, "d_color_beta1": 0.5, "d_color_beta2": 0.9, "d_color_every": every,
                   "d_texture_lr": d_lr, "d_texture_beta1": 0.5, "d_texture_beta2": 0.9, "d_texture_every": every,
                   "d_clip": 1.0},
-        "train": {"batch_size": 32, "steps": STEPS[mode], "eval_interval": 1000, "log_interval": 50, "seed": 0,
-                  "device": "auto", "amp": False},
+        "train": {"batch_size": 32, "steps": STEPS[mode], "eval_interval": EVAL_INTERVAL, "log_interval": 50,
+                  "seed": 0, "device": "auto", "amp": False, "select_by": "psnr"},
     }
 
 
@@ -43,6 +48,8 @@ HEADER = """\
 # Generator Adam lr {g_lr} beta (0.5, 0.9); discriminators Adam lr {d_lr} beta (0.5, 0.9), updated every {every}th
 # generator step, gradient norm clipped at 1; batch 32, whole patches, no LR schedule. The step budget is not stated
 # in the paper. ZRR: the test split is the published one and 1,024 train images are held out for validation.
+# best.pt: the highest validation PSNR, checked every {eval_interval} steps (as [ref] chose its checkpoint); the
+# discriminators see [ref]'s feature inputs (features.input: reference), on which gamma and the rates were tuned.
 {extra}"""
 
 
@@ -55,7 +62,8 @@ def main() -> None:
                 extra = "" if mode == "pretrain" else (
                     f"# Start from the pretrain run (required for stable GAN training):\n"
                     f"#   isp-search train configs/paper/{b}_{mode}_{ds}.yaml --set model.init_from=RUN_DIR\n")
-                text = HEADER.format(name=cfg["name"], g_lr=g_lr, d_lr=d_lr, every=every, extra=extra)
+                text = HEADER.format(name=cfg["name"], g_lr=g_lr, d_lr=d_lr, every=every, extra=extra,
+                                     eval_interval=EVAL_INTERVAL)
                 (OUT / f"{cfg['name']}.yaml").write_text(text + yaml.safe_dump(cfg, sort_keys=False))
 
 

@@ -121,13 +121,74 @@ def test_frozen_networks_have_no_trainable_parameters():
     assert nets.vit(torch.rand(1, 3, 40, 40)).shape == (1, 4, 768)  # resized to 32 px: 2x2 tokens, no CLS
 
 
-def test_random_texture_trunk_keeps_signal_scale():
-    """Random AlexNet (no weights here) is variance-preserving: relu4 varies across images at unit scale, as the
-    pretrained trunk's does. (PyTorch's default init shrank relu4 to ~0.04 ± 0.01, too flat for a discriminator.)"""
+@pytest.mark.parametrize("inputs", ["reference", "normalized"])
+def test_random_texture_trunk_keeps_signal_scale(inputs):
+    """Random AlexNet (no weights here) is variance-preserving: relu4 has unit-order scale and varies across
+    images, as the pretrained trunk's does. (PyTorch's default init shrank relu4 to ~0.04 ± 0.01, too flat for a
+    discriminator.) [0, 1] inputs (reference) carry a large DC part, so the variation is judged relative to it."""
     from isp_search.train.features import LPIPSAlexTrunk
 
     torch.manual_seed(0)
-    r1, r4 = LPIPSAlexTrunk("random")(torch.rand(8, 1, 64, 64))
+    r1, r4 = LPIPSAlexTrunk("random", inputs)(torch.rand(8, 1, 64, 64))
     for feats in (r1, r4):
-        assert 0.2 < feats.pow(2).mean().sqrt() < 5
-        assert feats.std(dim=0).mean() > 0.1
+        rms = feats.pow(2).mean().sqrt()
+        assert 0.2 < rms < 5
+        assert feats.std(dim=0).mean() > 0.05 * rms
+
+
+_REPEAT_SCRIPT = r"""
+import sys, torch
+torch.manual_seed(int(sys.argv[1]))  # a different global seed in each process: the nets must not depend on it
+from isp_search.metrics import Evaluator
+from isp_search.train.features import LPIPSAlexTrunk, VGGRelu54, ViTTokens
+g = torch.Generator().manual_seed(0)
+pred, target = torch.rand(2, 3, 48, 48, generator=g), torch.rand(2, 3, 48, 48, generator=g)
+state = torch.random.get_rng_state()
+res = Evaluator(("lpips", "dists"), "random").update(pred, target)
+nets = {"vgg": VGGRelu54("random"), "vit": ViTTokens("random", 32), "alex": LPIPSAlexTrunk("random")}
+sums = {n: float(sum(p.double().sum() for p in m.parameters())) for n, m in nets.items()}
+assert torch.equal(state, torch.random.get_rng_state()), "building a random network moved the global RNG"
+print(repr([res["lpips"].tolist(), res["dists"].tolist(), sums]))
+"""
+
+
+def test_random_feature_networks_are_identical_in_two_fresh_processes():
+    """Random LPIPS/DISTS/VGG/ViT/AlexNet come from a fixed seed per network name, not the global RNG: two
+    processes with different global seeds give the same LPIPS and DISTS values and the same weights, and building
+    them leaves the global random stream where it was."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", _REPEAT_SCRIPT, str(seed)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for seed in (1, 2)]
+    outs = [(p.communicate(timeout=240), p.returncode) for p in procs]
+    for (_, err), code in outs:
+        assert code == 0, err[-2000:]
+    a, b = (out.strip().splitlines()[-1] for (out, _), _ in outs)
+    assert a == b
+    lpips_values = eval(a)[0]
+    assert len(lpips_values) == 2 and lpips_values[0] != lpips_values[1]  # real per-image values, not constants
+
+
+@pytest.mark.parametrize("inputs", ["reference", "normalized"])
+def test_feature_inputs_reference_and_normalized(inputs):
+    """``features.input``: reference = [ref]'s inputs (grayscale [0, 1] straight into the AlexNet trunk, blurred
+    [0, 1] RGB into the ViT); normalized = LPIPS's input scaling / the ViT's mean-std."""
+    from isp_search.train.features import LPIPSAlexTrunk, ViTTokens
+    from isp_search.train.features import LPIPS_SCALE, LPIPS_SHIFT
+
+    alex = LPIPSAlexTrunk("random", inputs)
+    gray = torch.rand(1, 1, 40, 40)
+    x = gray.expand(-1, 3, -1, -1)
+    if inputs == "normalized":
+        x = ((2 * x - 1) - torch.tensor(LPIPS_SHIFT).view(1, 3, 1, 1)) / torch.tensor(LPIPS_SCALE).view(1, 3, 1, 1)
+    assert torch.allclose(alex(gray)[0], alex.to_relu1(x), atol=1e-6)
+    vit = ViTTokens("random", 32, inputs)
+    rgb = torch.rand(1, 3, 32, 32)
+    mean, std = (0.5, 0.5) if inputs == "normalized" else (0.0, 1.0)
+    want = vit.net.forward_features((rgb - mean) / std)[:, vit.net.num_prefix_tokens:]
+    assert torch.allclose(vit(rgb), want, atol=1e-5)
+    with pytest.raises(ValueError, match="features.input"):
+        LPIPSAlexTrunk("random", "imagenet")

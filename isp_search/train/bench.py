@@ -59,7 +59,7 @@ def bench_train(cfg: TrainConfig, steps: int = 5) -> dict[str, Any]:
     terms = cfg.active_terms
     mult = {t: cfg.multiplier(t) for t in terms}
     lab = cfg.mode in ("pretrain", "unpaired")
-    nets = FrozenNets(terms, cfg.backbone_weights, cfg.features.vit_img_size).to(device)
+    nets = FrozenNets(terms, cfg.backbone_weights, cfg.features.vit_img_size, cfg.features.input).to(device)
     discs = build_discriminators(terms, nets, tuple(ds[0]["reference"].shape[-2:]), lab, device)
     o = cfg.optim
     g_opt = torch.optim.Adam(gen.parameters(), lr=o.g_lr, betas=(o.g_beta1, o.g_beta2))

@@ -90,6 +90,10 @@ class LossesCfg:
     """R1/R2 = (gamma/2)·E||grad D||²; 1000 reproduces [ref]'s effective weight 500 (gamma 10 with a hidden x100)."""
     dla: bool = True  # Dynamic Loss Adaptation; False: plain sum of m_i·L_i
     dla_eps: float = field(default=1e-8, metadata=POS)
+    content_space: Literal["rgb", "lab_l"] | None = None
+    """VGG content term on RGB or on LAB L (/100, 3 copies); None: LAB L for pretrain/unpaired, RGB for paired.
+    Paper Eq. 12 pretrains with RGB (paper configs set it); the content term of pretrain and unpaired always
+    compares with the demosaiced reference, of the paired modes with the ground truth."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,9 @@ class FeaturesCfg:
 
     vit_img_size: int = field(default=224, metadata={"check": lambda v: v > 0 and v % 16 == 0,
                                                      "valid": "a positive multiple of 16"})
+    input: Literal["reference", "normalized"] = "reference"
+    """reference: [ref]'s inputs (grayscale [0, 1] into AlexNet, blurred [0, 1] RGB into the ViT), on which its
+    gamma and learning rates were tuned; normalized: each network's own input normalisation."""
 
 
 @dataclass(frozen=True)
@@ -131,7 +138,9 @@ class RunCfg:
     amp: bool = False  # bf16 autocast on CUDA
     channels_last: bool = True  # on CUDA
     score_lpips_weight: float = field(default=10.0, metadata=NONNEG)
-    """Joint validation objective ``score = psnr - w·lpips`` (higher is better) that picks best.pt."""
+    """Joint validation objective ``score = psnr - w·lpips`` (higher is better; the search ranks by it)."""
+    select_by: Literal["score", "psnr"] = "score"
+    """What picks best.pt: the joint ``score`` or validation PSNR alone (the paper's selection, paper configs)."""
     progress: bool = True  # tqdm progress bar
 
 
@@ -157,6 +166,17 @@ class TrainConfig:
     @property
     def active_terms(self) -> tuple[str, ...]:
         return tuple(t for t in TERMS if self.multiplier(t) > 0)
+
+    @property
+    def content_lab(self) -> bool:
+        """Whether the content term reads LAB L (``losses.content_space``, else the mode's default)."""
+        space = self.losses.content_space or ("lab_l" if self.mode in ("pretrain", "unpaired") else "rgb")
+        return space == "lab_l"
+
+    @property
+    def content_vs_reference(self) -> bool:
+        """The content term compares with the demosaiced reference (pretrain, unpaired), else the ground truth."""
+        return self.mode in ("pretrain", "unpaired")
 
     @property
     def pairing(self) -> str:

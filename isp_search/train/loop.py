@@ -2,7 +2,8 @@
 
 Run folder: ``config.yaml`` (resolved), ``run.json`` (seed, git SHA, device), ``metrics.jsonl``, ``tb/``
 (TensorBoard), ``samples/step_XXXXXX.png`` (demosaiced RAW | output | target), ``checkpoints/last.pt`` and
-``checkpoints/best.pt`` (best validation ``score``), ``summary.json`` (status and test metrics of best.pt).
+``checkpoints/best.pt`` (best validation ``train.select_by``: the joint ``score`` or PSNR), ``summary.json``
+(status and test metrics of best.pt).
 """
 
 from __future__ import annotations
@@ -100,8 +101,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, report: Report | None = None,
 
         gen.load_state_dict(load_generator(cfg.model.init_from, arch=cfg.model.arch).model.state_dict())
     multipliers = {t: cfg.multiplier(t) for t in cfg.active_terms}
-    content_lab = cfg.mode in ("pretrain", "unpaired")
-    nets = FrozenNets(cfg.active_terms, cfg.backbone_weights, cfg.features.vit_img_size).to(device)
+    content_lab = cfg.content_lab
+    nets = FrozenNets(cfg.active_terms, cfg.backbone_weights, cfg.features.vit_img_size, cfg.features.input).to(device)
     out_hw = tuple(train_ds[0]["reference"].shape[-2:])
     discs = build_discriminators(cfg.active_terms, nets, out_hw, content_lab, device)
     if cuda and cfg.train.channels_last:
@@ -164,10 +165,10 @@ def train(cfg: TrainConfig, run_dir: str | Path, report: Report | None = None,
                                     backbone_weights=cfg.backbone_weights, config=to_dict(cfg))
 
     # ---- the loop ----------------------------------------------------------------------------------------------
-    from tqdm import tqdm
+    from isp_search.progress import Progress
 
     status, reason = "completed", None
-    bar = tqdm(total=cfg.train.steps, initial=step, disable=not cfg.train.progress, unit="step", dynamic_ncols=True)
+    bar = Progress(cfg.train.steps, "train", unit="step", initial=step, enabled=cfg.train.progress)  # bar only on a tty
     batches = iter(loader())
     timings = {"data_s": 0.0, "step_s": 0.0}
     while step < cfg.train.steps:
@@ -183,7 +184,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, report: Report | None = None,
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         t1 = time.perf_counter()
         metrics, br = generator_step(gen, g_opt, batch, nets, discs, multipliers, content_lab, cfg.losses.dla,
-                                     cfg.losses.dla_eps, autocast())
+                                     cfg.losses.dla_eps, autocast(), content_ref=cfg.content_vs_reference)
         if "nonfinite" in metrics:
             status, reason = "diverged", f"non-finite {metrics['nonfinite']} at step {step + 1}"
             emit("train", step + 1, {k: v for k, v in metrics.items() if k != "nonfinite"} | {"diverged": 1})
@@ -205,9 +206,10 @@ def train(cfg: TrainConfig, run_dir: str | Path, report: Report | None = None,
             val = evaluate(gen, data["val"], evaluator, device, cfg.train.batch_size, cfg.data.eval_limit,
                            cfg.train.score_lpips_weight) if "val" in data else {}
             save_sample_grid(gen, data.get("val", train_ds), device, run_dir / "samples" / f"step_{step:06d}.png")
-            improved = val.get("score", -math.inf) > best["score"] or best["step"] < 0
+            chosen = val.get(cfg.train.select_by, -math.inf)  # best["score"] holds the select_by value
+            improved = chosen > best["score"] or best["step"] < 0
             if improved:
-                best = {"score": val.get("score", -math.inf), "step": step, "metrics": val}
+                best = {"score": chosen, "step": step, "metrics": val}
             save("last.pt")
             if improved:
                 # generator only: export reads it, resume never does (last.pt holds the training state once)
@@ -231,6 +233,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, report: Report | None = None,
         "status": status, "reason": reason, "step": step, "steps": cfg.train.steps, "mode": cfg.mode,
         "arch": cfg.model.arch, "preset": preset, "backbone_weights": cfg.backbone_weights,
         "best_step": best["step"], "best_score": best["score"] if math.isfinite(best["score"]) else None,
+        "select_by": cfg.train.select_by,
         "val": best["metrics"], "test": test, "run_dir": str(run_dir),
         "checkpoint": str(ckpt_dir / "best.pt") if (ckpt_dir / "best.pt").is_file() else None,
         "elapsed_s": elapsed, "steps_per_s": (step - start_step) / max(timings["step_s"] + timings["data_s"], 1e-9),

@@ -20,25 +20,27 @@ from isp_search.train.losses import (
     LOSSES, blur, color_loss, discriminator_loss, grayscale, lab_lightness3, mse, relativistic_g, tv_loss,
 )
 
-_NET_CACHE: dict[tuple[str, str, int], nn.Module] = {}
+_NET_CACHE: dict[tuple[str, str, int, str], nn.Module] = {}
 BRANCH_NET = {"content": "vgg", "vit": "vit", "alex_gray": "alex", "lpips": "lpips", "dists": "dists"}
 
 
 class FrozenNets(nn.Module):
     """The frozen networks the active terms need (built once; nothing trainable)."""
 
-    def __init__(self, terms: tuple[str, ...], weights: str, vit_img_size: int = 224) -> None:
+    def __init__(self, terms: tuple[str, ...], weights: str, vit_img_size: int = 224,
+                 inputs: str = "reference") -> None:
+        """``inputs``: ``features.input`` (reference | normalized) of the discriminators' ViT and AlexNet."""
         super().__init__()
         from isp_search.metrics import build_dists, build_lpips
 
         needed = {BRANCH_NET[LOSSES.get(t).branch] for t in terms if LOSSES.get(t).branch}
         builders: dict[str, Callable[[], nn.Module]] = {
-            "vgg": lambda: VGGRelu54(weights), "vit": lambda: ViTTokens(weights, vit_img_size),
-            "alex": lambda: LPIPSAlexTrunk(weights), "lpips": lambda: build_lpips(weights, semantic=True),
+            "vgg": lambda: VGGRelu54(weights), "vit": lambda: ViTTokens(weights, vit_img_size, inputs),
+            "alex": lambda: LPIPSAlexTrunk(weights, inputs), "lpips": lambda: build_lpips(weights, semantic=True),
             "dists": lambda: build_dists(weights),
         }
         for name in sorted(needed):
-            key = (name, weights, vit_img_size if name == "vit" else 0)
+            key = (name, weights, vit_img_size if name == "vit" else 0, inputs if name in ("vit", "alex") else "")
             if key not in _NET_CACHE:  # frozen, so one copy per process serves every run (tests, search trials)
                 _NET_CACHE[key] = builders[name]()
             self.add_module(name, _NET_CACHE[key])
@@ -53,19 +55,22 @@ class Branches:
     """Per-step feature cache. ``fake(b)`` differentiates to ``y_leaf``; ``real(b)`` is computed without gradient.
 
     ``content_lab``: the content branch reads the LAB L channel (pretrain, unpaired) instead of RGB (paired).
+    ``content_ref``: the content term compares with the demosaiced reference, else the target (None: content_lab).
     ``counter`` (optional) counts gradient passes arriving at each branch's fake input (tests, bench-train).
     """
 
     def __init__(self, nets: FrozenNets, y_leaf: torch.Tensor, batch: Mapping[str, torch.Tensor], content_lab: bool,
-                 autocast: contextlib.AbstractContextManager | None = None, counter: Counter | None = None) -> None:
+                 autocast: contextlib.AbstractContextManager | None = None, counter: Counter | None = None,
+                 content_ref: bool | None = None) -> None:
         self.nets, self.y, self.batch, self.content_lab = nets, y_leaf, batch, content_lab
+        self.content_ref = content_lab if content_ref is None else content_ref
         self.autocast = autocast or contextlib.nullcontext()
         self.counter = counter
         self._fake: dict[str, object] = {}
         self._real: dict[str, object] = {}
 
     def content_real_image(self) -> torch.Tensor:
-        return self.batch["reference"] if self.content_lab else self.batch["target"]
+        return self.batch["reference"] if self.content_ref else self.batch["target"]
 
     def _prepare(self, branch: str, img: torch.Tensor) -> torch.Tensor:
         if branch == "content":
@@ -167,7 +172,7 @@ def generator_step(gen: nn.Module, g_opt: torch.optim.Optimizer, batch: Mapping[
                    content_lab: bool, adapt: bool = True, eps: float = 1e-8,
                    autocast: contextlib.AbstractContextManager | None = None,
                    counter: Counter | None = None, timer: dict[str, float] | None = None,
-                   ) -> tuple[dict[str, float], Branches | None]:
+                   content_ref: bool | None = None) -> tuple[dict[str, float], Branches | None]:
     """Forward, losses, DLA, one Adam step. Returns metrics and the feature cache (for the D step); on a
     non-finite loss or gradient nothing is updated and ``metrics["nonfinite"]`` names the culprit.
     ``timer`` (bench-train) accumulates seconds per phase: generator, frozen_forward, backward, optimizer."""
@@ -177,7 +182,7 @@ def generator_step(gen: nn.Module, g_opt: torch.optim.Optimizer, batch: Mapping[
     y = gen(batch["input"]).float()
     y_leaf = y.detach().requires_grad_(True)
     clock.lap("generator")
-    br = Branches(nets, y_leaf, batch, content_lab, autocast, counter)
+    br = Branches(nets, y_leaf, batch, content_lab, autocast, counter, content_ref)
     losses = {t: term_loss(t, br, discs) for t in multipliers}
     clock.lap("frozen_forward")
     bad = [t for t, v in losses.items() if not torch.isfinite(v)]
