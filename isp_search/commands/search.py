@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import Any
 from dataclasses import replace
 
 
@@ -29,6 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="Ray cluster to join (e.g. ray://head:10001 or auto); default: $RAY_ADDRESS under "
                    "`ray job submit`, else a local Ray started in this process")
     p.add_argument("--num-samples", type=int, default=None, help="override search.num_samples")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a training config value of every trial and of the pretrain run, e.g. "
+                   "--set data.root=/mnt/isp-search/data/mai2022 (repeatable; applied after base.overrides)")
     p.add_argument("--smoke-test", action="store_true",
                    help="the same space on the tiny CPU config (configs/smoke_unpaired.yaml), 2 trials, seconds")
     p.set_defaults(func=run)
@@ -43,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
         space = replace(space, storage=replace(space.storage, path=absolute_path(args.storage)))
     if args.results:
         space = replace(space, export=replace(space.export, results=absolute_path(args.results)))
+    if args.overrides:
+        space = with_overrides(space, args.overrides)
     if args.num_samples is not None:
         if args.num_samples <= 0:
             raise UserError(f"--num-samples {args.num_samples}: expected an int > 0")
@@ -50,10 +57,28 @@ def run(args: argparse.Namespace) -> int:
     return run_space(space, name=args.name, resume=args.resume, address=args.address, smoke=args.smoke_test)
 
 
+def with_overrides(space, texts: list[str]):
+    """``--set KEY=VALUE`` on the trials' base config and on the pretrain config (relative paths: to the cwd)."""
+    from isp_search.configio import parse_override
+    from isp_search.search.space import absolute_path
+
+    over = {}
+    for text in texts:
+        key, value = parse_override(text)
+        if isinstance(value, str) and key.endswith((".root", ".splits", ".init_from")):
+            value = absolute_path(value)  # a path typed on the command line means one from here
+        over[key] = value
+    space = replace(space, base=replace(space.base, overrides={**space.base.overrides, **over}))
+    if space.pretrain.config:
+        pre = {k: v for k, v in over.items() if k != "model.init_from"}  # the pretrain run starts where it says
+        space = replace(space, pretrain=replace(space.pretrain, overrides={**space.pretrain.overrides, **pre}))
+    return space
+
+
 def run_space(space, name: str | None = None, resume: bool = False, address: str | None = None,
-              smoke: bool = False) -> int:
+              smoke: bool = False, after: Callable[[Any], None] | None = None) -> int:
     """The whole study (preflight, prepare, pretrain, search), then export the Pareto trials and print the table;
-    the exit code is 0 when a trial completed."""
+    the exit code is 0 when a trial completed. ``after(summary)`` runs once the table is printed (demo)."""
     from isp_search.search.post import finish, format_summary
     from isp_search.search.study import run_study
     from isp_search.search.tuner import smoke_space
@@ -63,4 +88,6 @@ def run_space(space, name: str | None = None, resume: bool = False, address: str
     exp, results, info = run_study(space, name=name, resume=resume, address=address)
     summary = finish(space, exp, results, score_mode=info["score_mode"], data=info["data"], mode=info["mode"])
     print(format_summary(summary, space, exp))
+    if after is not None:
+        after(summary)
     return 0 if summary.pareto else 1  # the Pareto front is empty only when no trial completed

@@ -96,11 +96,11 @@ def run_study(space: SearchSpace, name: str | None = None, resume: bool = False,
 
     cfg = base_train_config(space)
     check_space_keys(space, cfg)
-    run_preflight(space)
     exp = find_experiment(space, name) if resume else new_experiment(space, name)
+    connect(address)
+    run_preflight(space)  # connected first, so resources are checked against the cluster; nothing written yet
     if not resume:
         write_meta(exp, space)
-    connect(address)
     prepare_stage(space, exp, cfg)
     init = pretrain_stage(space, exp)
     if init is not None:
