@@ -14,11 +14,13 @@ import torch
 
 from isp_search.data.augment import DIHEDRAL, augment_sample, cfa_after
 from isp_search.data.dataset import RawRGBDataset
+from isp_search.data.dead_leaves import dead_leaves, leaf_radii
 from isp_search.data.formats import FORMATS
 from isp_search.data.io import write_raw, write_rgb
 from isp_search.data.pairing import PAIRINGS, make_pairing
+from isp_search.data.photos import NOT_PHOTOGRAPHIC, PHOTO_SPLITS, PHOTOS, load_photo, photo_file
 from isp_search.data.splits import Splits, carve_splits
-from isp_search.data.synth import PHOTOS, ensure_synthetic, synthesize
+from isp_search.data.synth import MARKER, SAMPLES, ensure_synthetic, split_stats, synthesize
 from isp_search.errors import UserError
 from isp_search.raw import CFA
 
@@ -189,24 +191,94 @@ def _digest(root: Path) -> dict[str, str]:
 
 
 def test_synth_layout_and_determinism(tmp_path):
-    kw = dict(n_train=3, n_val=1, n_test=2, size=32)
-    a = synthesize(tmp_path / "a", "mai2022", seed=4, **kw)
+    """`data synth` twice with one seed: byte-identical trees (CLI and API alike); another seed: other bytes."""
+    kw = {"n_train": 4, "n_val": 1, "n_test": 2, "size": 32}
+    r = _cli("synth", tmp_path / "a", "--seed", 4, "--n-train", 4, "--n-val", 1, "--n-test", 2, "--size", 32)
+    assert r.returncode == 0, r.stderr
+    a = tmp_path / "a"
     b = synthesize(tmp_path / "b", "mai2022", seed=4, **kw)
     c = synthesize(tmp_path / "c", "mai2022", seed=5, **kw)
     assert _digest(a) == _digest(b)
     assert _digest(a) != _digest(c)
     files = set(_digest(a))
-    for split, n in (("train", 3), ("val", 1), ("test", 2)):
+    for split, n in (("train", 4), ("val", 1), ("test", 2)):
         for i in range(n):
             assert {f"{split}/mediatek_raw/{i}.png", f"{split}/fujifilm/{i}.png"} <= files
+    sources = [s["source"] for s in json.loads((a / SAMPLES).read_text())["samples"]["train"]]
+    assert sources.count("dead_leaves") == 1  # the default quarter
     raw = cv2.imread(str(a / "train/mediatek_raw/0.png"), cv2.IMREAD_UNCHANGED)
     assert raw.dtype == np.uint16 and raw.shape == (32, 32) and raw.max() <= 1023
     assert 40 < np.median(raw) < 1023  # black level 64 plus signal
     z = synthesize(tmp_path / "z", "zrr", seed=0, n_train=2, n_val=0, n_test=1, size=16)
     assert (z / "train/huawei_raw/1.png").is_file() and (z / "test/canon/0.jpg").is_file()
     assert not (z / "val").exists()
-    assert set(PHOTOS["train"]).isdisjoint(PHOTOS["val"] + PHOTOS["test"])
-    assert set(PHOTOS["val"]).isdisjoint(PHOTOS["test"])
+
+
+def test_synth_split_statistics_agree(tmp_path):
+    """The default set (the demo's): val's and test's mean brightness, R, G, B and share of dark pixels agree with
+    train's. Tolerances: one sample's mean brightness varies with std ~0.10, so a 16-sample split mean has a
+    standard error ~0.026 and its difference to train's ~0.03: 0.06 is two of those (channels and the dark share
+    vary more: 0.08). The old set (hubble_deep_field and retina in train) was 0.18 apart, three times that."""
+    r = _cli("synth", tmp_path / "d", "--json")
+    assert r.returncode == 0, r.stderr
+    stats = json.loads(r.stdout)["splits"]
+    assert [stats[s]["n"] for s in ("train", "val", "test")] == [64, 16, 16]
+    train = stats["train"]
+    for split in ("val", "test"):
+        s = stats[split]
+        assert abs(s["mean"] - train["mean"]) < 0.06, (split, s, train)
+        assert all(abs(s[c] - train[c]) < 0.08 for c in ("r", "g", "b", "dark")), (split, s, train)
+    assert 0.3 < train["mean"] < 0.6 and train["dark"] < 0.15  # normally exposed, not a dark set
+    assert stats == split_stats(tmp_path / "d")
+
+
+def test_synth_sources_are_natural_photos_from_disjoint_splits(tmp_path):
+    """Every sample's source is a photo of its own split or a dead-leaves scene; no astronomy, medical,
+    microscopy, night or synthetic image anywhere; each photo is a colour, normally exposed, installed file."""
+    root = synthesize(tmp_path / "s", "mai2022", n_train=12, n_val=4, n_test=4, size=32)
+    samples = json.loads((root / SAMPLES).read_text())["samples"]
+    for split, rows in samples.items():
+        assert {s["source"] for s in rows} == set(PHOTO_SPLITS[split]) | {"dead_leaves"}
+    used = [p for split in PHOTO_SPLITS.values() for p in split]
+    assert len(used) == len(set(used)) and set(used) == set(PHOTOS)  # disjoint, every photo used
+    assert not set(used) & set(NOT_PHOTOGRAPHIC)
+    for name in used:
+        img = load_photo(name)
+        grey = img.mean(-1)
+        assert np.abs(img - grey[..., None]).mean() > 0.03, name  # colour, not grayscale
+        assert 0.3 < grey.mean() < 0.6 and (grey < 0.1).mean() < 0.4, name  # normally exposed
+        if PHOTOS[name].package != "scikit-image":
+            assert photo_file(PHOTOS[name]).is_file()
+
+
+def test_synth_zrr_size_448(tmp_path):
+    """ZRR-sized samples: photos smaller than 448 px (chelsea, the Kodak images) are upscaled to fit."""
+    root = synthesize(tmp_path / "z", "zrr", n_train=2, n_val=1, n_test=2, size=448, dead_leaves=0.5)
+    samples = json.loads((root / SAMPLES).read_text())["samples"]
+    assert [s["source"] for s in samples["train"]] == ["dead_leaves", "coffee"]
+    assert [s["source"] for s in samples["test"]] == ["dead_leaves", "chelsea"]
+    assert samples["test"][1]["scale"] == pytest.approx(448 / 300, abs=1e-4)  # the least upscale that fits
+    for split in ("train", "val", "test"):
+        raw = cv2.imread(str(root / split / "huawei_raw/0.png"), cv2.IMREAD_UNCHANGED)
+        rgb = cv2.imread(str(root / split / "canon/0.jpg"))
+        assert raw.shape == (448, 448) and rgb.shape == (448, 448, 3)
+
+
+def test_dead_leaves_model():
+    """Deterministic per seed; radii follow p(r) ∝ r^-3; the image is covered by palette colours only."""
+    palette = np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    a = dead_leaves(64, palette, np.random.default_rng(3))
+    assert np.array_equal(a, dead_leaves(64, palette, np.random.default_rng(3)))
+    assert not np.array_equal(a, dead_leaves(64, palette, np.random.default_rng(4)))
+    assert a.shape == (64, 64, 3) and 0.3 < a.mean() < 0.7
+    pure = np.isclose(a, 0) | np.isclose(a, 1)  # off the anti-aliased edges every pixel is one leaf's colour
+    assert pure.mean() > 0.5
+    r = leaf_radii(200_000, 1.0, 32.0, np.random.default_rng(0))
+    assert 1.0 <= r.min() and r.max() <= 32.0
+    # P(r > 2) = (2^-2 - 32^-2) / (1 - 32^-2) for density r^-3: a quarter; P(r > 4) a sixteenth.
+    assert abs((r > 2).mean() - 0.2493) < 0.005 and abs((r > 4).mean() - 0.0616) < 0.003
+    colours = dead_leaves(64, np.array([[0.8, 0.2, 0.1]]), np.random.default_rng(0))
+    assert np.allclose(colours, np.rint(np.array([0.8, 0.2, 0.1]) * 255) / 255)
 
 
 def _ensure(root):
@@ -221,6 +293,11 @@ def test_ensure_synthetic_concurrent(tmp_path):
     assert len(list((root / "train/huawei_raw").iterdir())) == 4
     with pytest.raises(UserError, match="built with"):
         ensure_synthetic(root, "zrr", n_train=5)
+    marker = json.loads((root / MARKER).read_text())
+    (root / MARKER).write_text(json.dumps({k: v for k, v in marker.items() if k not in ("generator", "dead_leaves")}))
+    (root / "train/huawei_raw/9.png").write_bytes(b"left by the old generator")
+    assert _ensure(root) == str(root)  # a set from the old generator (no version in its marker): rebuilt
+    assert json.loads((root / MARKER).read_text()) == marker and not (root / "train/huawei_raw/9.png").exists()
 
 
 def _cli(*args):
@@ -232,6 +309,7 @@ def test_data_check_cli(tmp_path):
     root = tmp_path / "set"
     r = _cli("synth", root, "--format", "mai2022", "--n-train", 4, "--n-val", 1, "--n-test", 1, "--size", 16)
     assert r.returncode == 0, r.stderr
+    assert "RGB statistics per split" in r.stdout and r.stdout.splitlines()[-1].startswith("test ")
     r = _cli("check", root, "--format", "mai2022", "--json")
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
