@@ -48,24 +48,15 @@ def run(args: argparse.Namespace) -> int:
 def pretrain(results: Path, steps: int, overrides: dict | None = None) -> str:
     """A finished ``steps``-step synth_pretrain run under ``results``, in a folder named by its resolved config
     (``demo-pretrain-<hash>``): reused when it completed, resumed when it was cut off, trained otherwise."""
-    import hashlib
-    import json
-
-    import yaml
-
-    from isp_search.configio import to_dict
-    from isp_search.train import apply_overrides, load_train_config, train
+    from isp_search.search.pretrain import config_key, run_once
+    from isp_search.train import apply_overrides, load_train_config
 
     over = {"train.steps": steps, "train.eval_interval": steps, "train.log_interval": max(1, steps // 5)}
     cfg = apply_overrides(load_train_config(PRETRAIN_CONFIG), {**over, **(overrides or {})})
-    key = hashlib.sha1(yaml.safe_dump(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:8]
-    run_dir = results / f"demo-pretrain-{key}"
-    summary, last = run_dir / "summary.json", run_dir / "checkpoints" / "last.pt"
-    if summary.is_file() and json.loads(summary.read_text()).get("status") == "completed":
+    run_dir = results / f"demo-pretrain-{config_key(cfg)}"  # the search's pretrain stage keys its runs alike
+    done = run_once(cfg, run_dir)
+    if done.get("reused"):
         print(f"pretrained generator: {run_dir} (reused)")
         return str(run_dir)
-    done = train(cfg, run_dir, resume=run_dir if last.is_file() else None)
-    if done["status"] != "completed":
-        raise UserError(f"demo pretrain run {run_dir} ended {done['status']}: {done.get('reason')}")
     print(f"pretrained generator: {run_dir} ({steps} steps, val psnr {done['val'].get('psnr', float('nan')):.2f} dB)")
     return str(run_dir)
