@@ -173,9 +173,11 @@ def connect(address: str | None = None) -> None:
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "0")
     import ray
 
+    from isp_search.quiet import ray_runtime_env
+
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False if address is None and not os.environ.get("RAY_ADDRESS")
-                 else None, log_to_driver=True)
+                 else None, log_to_driver=True, runtime_env=ray_runtime_env() or None)  # quiet workers
 
 
 def run_search(space: SearchSpace, name: str | None = None, resume: bool = False, address: str | None = None,
@@ -185,6 +187,7 @@ def run_search(space: SearchSpace, name: str | None = None, resume: bool = False
     ``exp``: the experiment, already made by the study's earlier stages (``isp_search.search.study``)."""
     from ray import tune
 
+    from isp_search.search.reporter import TrialTable
     from isp_search.search.searcher import make_searcher
 
     cfg = base_train_config(space)
@@ -201,8 +204,7 @@ def run_search(space: SearchSpace, name: str | None = None, resume: bool = False
         searcher = make_searcher(space, exp.study_name, exp.optuna_storage, exp.name)
         metric_columns = {m: m for m in space.metric_names} | {space.scheduler.metric: space.scheduler.metric,
                                                                "step": "step"}
-        reporter = tune.CLIReporter(metric_columns=metric_columns, parameter_columns=list(space.space),
-                                    max_report_frequency=30)
+        reporter = TrialTable(metric_columns=metric_columns, parameter_columns=list(space.space))
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=_scheduler(space, score_mode, cfg),
