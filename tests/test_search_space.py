@@ -154,7 +154,10 @@ def test_shipped_spaces_exist():
         ({"final": 1, "trial_status": "completed", "lpips": math.nan, "psnr": 21.0}, False, TrialState.FAIL,
          "non-finite objective lpips"),
         ({"final": 1, "trial_status": "completed", "psnr": 21.0}, False, TrialState.FAIL, "non-finite objective lpips"),
-        ({"lpips": 0.2, "psnr": 21.0}, True, TrialState.FAIL, "ray error"),
+        ({"lpips": 0.2, "psnr": 21.0}, True, TrialState.FAIL, "Ray error, no exception reported"),
+        ({"fail_reason": "FileNotFoundError: /data/x"}, True, TrialState.FAIL, "FileNotFoundError: /data/x"),
+        ({"trial_status": "error", "fail_reason": "cfg.yaml: data.root: no such folder"}, False, TrialState.FAIL,
+         "cfg.yaml: data.root: no such folder"),
         (None, False, TrialState.PRUNED, "stopped early"),
     ],
 )

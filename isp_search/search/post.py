@@ -16,6 +16,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from isp_search.search.reconcile import final_trials
 from isp_search.search.searcher import FAIL_ATTR, RAY_TRIAL_ATTR, load_study
 from isp_search.search.space import SearchSpace
 from isp_search.search.tuner import Experiment
@@ -120,9 +121,16 @@ def _model_file(folder: Path) -> Path | None:
 
 def publish_trial(entry: ParetoEntry, result: Any, space: SearchSpace, exp: Experiment, score_mode: str,
                   data: tuple[str, str] | None, mode: str | None) -> None:
-    """Export, gate and benchmark one Pareto trial from its best Ray checkpoint; append its leaderboard row."""
+    """Export, gate and benchmark one Pareto trial from its best Ray checkpoint; append its leaderboard row
+    (once: a trial already on the leaderboard, e.g. exported before a ``--resume``, is not added again)."""
+    from isp_search.export import leaderboard as LB
     from isp_search.export.publish import publish
 
+    model_id = f"{exp.name}/{entry.trial_id}"  # the row's key
+    board = Path(space.export.results) / "leaderboard.parquet"
+    if board.exists() and model_id in LB.read(board).column("model_id").to_pylist():
+        entry.model_id, entry.note = model_id, "already on the leaderboard (not added again)"
+        return
     ckpt = result.get_best_checkpoint(space.scheduler.metric, score_mode) if result else None
     if ckpt is None:
         entry.note = "no checkpoint"
@@ -143,7 +151,7 @@ def publish_trial(entry: ParetoEntry, result: Any, space: SearchSpace, exp: Expe
                                                                   if not isinstance(space.base.config, dict)
                                                                   else "inline"},
             run_dir=str(result.path), bench_runs=space.export.runs, threads=space.export.threads,
-            leaderboard_path=Path(space.export.results) / "leaderboard.parquet",
+            leaderboard_path=board, model_id=model_id,
         )
     entry.model_id = res.model_id
     entry.exported = res.row is not None
@@ -212,7 +220,7 @@ def finish(space: SearchSpace, exp: Experiment, results: Any, score_mode: str = 
 def format_summary(summary: PostSummary, space: SearchSpace, exp: Experiment) -> str:
     """The Pareto table and where everything is, for the terminal."""
     states: dict[str, int] = {}
-    for t in summary.study.get_trials(deepcopy=False):
+    for t in final_trials(summary.study):  # a trial re-run after an error counts once, in its final state
         states[t.state.name] = states.get(t.state.name, 0) + 1
     lines = [f"search {exp.name}: study {exp.study_name} ({', '.join(f'{n} {s}' for s, n in sorted(states.items()))})"]
     cols = ["#", "trial"] + [f"{o.metric} ({'↓' if o.direction == 'min' else '↑'})" for o in space.objectives]
@@ -227,11 +235,11 @@ def format_summary(summary: PostSummary, space: SearchSpace, exp: Experiment) ->
     lines.append(f"Pareto-optimal trials (the first {space.export.top_k} exported):")
     lines.append("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows] or ["(no COMPLETE trial)"]
-    for t in summary.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+    for t in final_trials(summary.study, (TrialState.FAIL,)):
         lines.append(f"failed trial #{t.number} {t.user_attrs.get(RAY_TRIAL_ATTR, '')}: "
                      f"{t.user_attrs.get(FAIL_ATTR, '?')}")
     lines.append(f"experiment: {exp.uri}")
-    lines.append(f"optuna study: {exp.optuna_storage} (optuna-dashboard {exp.optuna_storage})")
+    lines.append(f"optuna study: {exp.optuna_storage}; open it with: optuna-dashboard {exp.optuna_storage}")
     if summary.plots:
         lines.append(f"plots: {summary.plots[0].parent}")
     if summary.leaderboard:

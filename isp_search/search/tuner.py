@@ -151,15 +151,17 @@ def _scheduler(space: SearchSpace, score_mode: str, cfg: Any):
                          reduction_factor=space.scheduler.reduction_factor)
 
 
-def _trainable(space: SearchSpace, cfg: Any, score_mode: str, exp_uri: str):
+def _trainable(space: SearchSpace, cfg: Any, score_mode: str, exp_uri: str, recorded: dict | None = None):
     from ray import tune
 
+    from isp_search.search.guard import guard
     from isp_search.search.trainable import run_trial
 
     res = space.resources
     resources = {"cpu": res.cpu, "gpu": res.gpu, **res.custom}
-    return tune.with_resources(tune.with_parameters(run_trial, space=space, base_cfg=cfg, score_mode=score_mode,
-                                                    exp_uri=exp_uri), resources)
+    # guard: trials final in Optuna replay their ``recorded`` result; errors reach Optuna with their real cause
+    return tune.with_resources(tune.with_parameters(guard(run_trial), space=space, base_cfg=cfg, score_mode=score_mode,
+                                                    exp_uri=exp_uri, recorded=recorded), resources)
 
 
 def _trial_dirname(trial: Any) -> str:
@@ -187,6 +189,8 @@ def run_search(space: SearchSpace, name: str | None = None, resume: bool = False
     ``exp``: the experiment, already made by the study's earlier stages (``isp_search.search.study``)."""
     from ray import tune
 
+    from isp_search.search.guard import DeterministicErrors
+    from isp_search.search.reconcile import prepare_resume
     from isp_search.search.reporter import TrialTable
     from isp_search.search.searcher import make_searcher
 
@@ -195,8 +199,9 @@ def run_search(space: SearchSpace, name: str | None = None, resume: bool = False
     score_mode = get_score_mode(space)
     exp = exp or (find_experiment(space, name) if resume else new_experiment(space, name))
     connect(address)
-    trainable = _trainable(space, cfg, score_mode, exp.uri)
-    if resume and tune.Tuner.can_restore(exp.uri):
+    restoring = resume and tune.Tuner.can_restore(exp.uri)
+    trainable = _trainable(space, cfg, score_mode, exp.uri, recorded=prepare_resume(exp, space) if restoring else None)
+    if restoring:
         tuner = tune.Tuner.restore(exp.uri, trainable=trainable, resume_errored=True)
     else:  # a fresh search, or one cut off before its first trial (during prepare or pretrain)
         if not resume:
@@ -214,6 +219,7 @@ def run_search(space: SearchSpace, name: str | None = None, resume: bool = False
             run_config=tune.RunConfig(
                 name=exp.name, storage_path=space.storage.path, progress_reporter=reporter, verbose=1,
                 failure_config=tune.FailureConfig(max_failures=space.search.max_failures),
+                callbacks=[DeterministicErrors(space.search.max_failures)],  # a bad config/file fails at once
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2,
                                                         checkpoint_score_attribute=space.scheduler.metric,
                                                         checkpoint_score_order=score_mode),
