@@ -53,12 +53,10 @@ def _write_json(uri: str, doc: dict) -> None:
 
 
 def run_preflight(space: SearchSpace) -> None:
-    """h9a's checks (data roots, weights, every choice and point, max_t, resources) when they are installed."""
-    try:
-        from isp_search.search import preflight
-    except ModuleNotFoundError:
-        return
-    preflight.preflight(space)
+    """Data roots, weight files, every choice and point, max_t, resources: one line per problem, exit 2."""
+    from isp_search.search.preflight import preflight
+
+    preflight(space)
 
 
 def prepare_stage(space: SearchSpace, exp: Experiment, cfg: Any) -> list:
