@@ -1,10 +1,19 @@
-"""``export_model``: PyTorch generator -> ONNX -> TFLite (fp32/fp16/int8), gated, with export.json."""
+"""``export_model``: PyTorch generator -> ONNX -> TFLite (fp32/fp16/int8), gated, with export.json.
+
+Gates (see :mod:`isp_search.export.gates`): parity of every format against PyTorch in PSNR and 8-bit LSB on
+random input at the export size and on real patches tiled to it (int8: on held-out images, never its calibration
+images, with its quality drop in dB); the op list and TensorFlow's GPU-delegate analyser for every .tflite; and
+the normalisation preset the weights were trained with. A failing parity gate is located op by op
+(:mod:`isp_search.export.locate`) and export.json says where the error starts.
+"""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +28,7 @@ from isp_search.models.checkpoint import LoadedGenerator, load_generator
 FORMATS = ("onnx", "tflite", "tflite_fp16", "tflite_int8")
 FILE_NAMES = {"onnx": "model.onnx", "tflite": "model_fp32.tflite", "tflite_fp16": "model_fp16.tflite",
               "tflite_int8": "model_int8.tflite"}
+LOCATE_MAX_PIXELS = 512 * 512  # above this a failing export is located on a 256x256 re-export (memory)
 
 
 @dataclass
@@ -29,6 +39,7 @@ class ExportResult:
     paths: dict[str, str]
     sha256: dict[str, str]
     info: dict = field(default_factory=dict)
+    bytes: dict[str, int] = field(default_factory=dict)
 
 
 def sha256(path: str | os.PathLike) -> str:
@@ -63,94 +74,195 @@ def _fit(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     return x.repeat(*reps)[:, : shape[1], : shape[2]]
 
 
-def real_inputs(loaded: LoadedGenerator, data_root: str, data_format: str, shape: tuple[int, ...], n: int,
-                split: str = "train") -> torch.Tensor:
-    """``n`` normalised network inputs from a data set, shaped like the export input (N, C, H, W)."""
+def data_identity(ds) -> dict:
+    """What a number measured on ``ds`` (a RawRGBDataset) was measured on: format, root, split, count and a
+    sha256 fingerprint of its RAW file list (names relative to the root), so two rows can be compared."""
+    names = sorted(str(Path(s.raw_path).relative_to(ds.root)) for s in ds.listing.samples)
+    return {"format": ds.format, "root": str(Path(ds.root).resolve()), "split": ds.split, "n_images": len(names),
+            "fingerprint": hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]}
+
+
+def _dataset(loaded: LoadedGenerator, root: str, fmt: str, splits: tuple[str, ...], preset: str | None = None):
     from isp_search.data.dataset import RawRGBDataset
 
-    ds = RawRGBDataset(data_root, data_format, split, loaded.spec, preset=loaded.preset, with_reference=False)
-    if len(ds) == 0:
-        raise UserError(f"{data_root}: split {split!r} has no images for calibration")
-    return torch.stack([_fit(ds[i % len(ds)]["input"], shape[1:]) for i in range(n)])
+    for split in splits:
+        try:
+            ds = RawRGBDataset(root, fmt, split, loaded.spec, preset=preset or loaded.preset, with_reference=False)
+        except UserError:
+            continue
+        if len(ds):
+            return ds
+    raise UserError(f"{root}: none of the splits {', '.join(splits)} has images for the export's real-data gates")
+
+
+def real_batch(ds, shape: tuple[int, ...], n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``n`` normalised network inputs from ``ds`` tiled to the export input ``shape`` (N, C, H, W), and the
+    paired targets tiled to the output when the split has them."""
+    items = [ds[i % len(ds)] for i in range(n)]
+    x = torch.stack([_fit(it["input"], shape[1:]) for it in items])
+    if not all("paired_target" in it for it in items):
+        return x, None
+    out_hw = (3, shape[2] * (2 if shape[1] == 4 else 1), shape[3] * (2 if shape[1] == 4 else 1))
+    return x, torch.stack([_fit(it["paired_target"], out_hw) for it in items])
 
 
 def _nhwc(t: torch.Tensor) -> np.ndarray:
     return t.permute(0, 2, 3, 1).contiguous().numpy()
 
 
+def _default_calib() -> tuple[str, str]:
+    from isp_search.data.synth import ensure_synthetic
+
+    root = Path(os.environ.get("ISP_SEARCH_CACHE", Path.home() / ".cache" / "isp-search")) / "synth_mai2022"
+    ensure_synthetic(root, "mai2022")
+    return str(root), "mai2022"
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((np.clip(a, 0, 1).astype(np.float64) - np.clip(b, 0, 1)) ** 2))
+    return float("inf") if mse == 0 else float(10 * np.log10(1 / mse))
+
+
+def preset_gate(loaded: LoadedGenerator, calib: tuple[str, str], shape: tuple[int, ...]) -> G.GateResult:
+    """The export's input normalisation must be the one the weights were trained with (the checkpoint's, or the
+    backbone's published preset for a paper state_dict); judged as PSNR of the two normalisations' outputs."""
+    trained = loaded.meta.get("preset") or loaded.spec.preset
+    if loaded.preset == trained:
+        return G.GateResult("preset", True, None, None, f"{loaded.preset} (as trained)")
+    ds_e, ds_t = (_dataset(loaded, *calib, ("test", "val", "train"), p) for p in (loaded.preset, trained))
+    with torch.no_grad():
+        a, b = (loaded.model(real_batch(d, shape, 1)[0]).numpy() for d in (ds_e, ds_t))
+    m = G.image_error(b, a)
+    return G.GateResult("preset", False, m["psnr_db"], None,
+                        f"input normalisation {loaded.preset!r} but the weights were trained with {trained!r}: real "
+                        f"patches come out {m['psnr_db']:.1f} dB / {m['max_lsb']:.0f} LSB from the trained pipeline",
+                        metrics=m)
+
+
 def export_model(source: LoadedGenerator | str | os.PathLike, out_dir: str | os.PathLike,
-                 formats: list[str] = ("onnx", "tflite", "tflite_fp16"), size: tuple[int, int] = (1088, 1920),
-                 calib: tuple[str, str] | None = None, arch: str | None = None, n_calib: int = 8) -> ExportResult:
+                 formats: list[str] = FORMATS, size: tuple[int, int] = (1088, 1920),
+                 calib: tuple[str, str] | None = None, arch: str | None = None, n_calib: int = 8,
+                 preset: str | None = None, fold_dcr: bool = True, locate_failures: bool = True) -> ExportResult:
     """Export ``source`` (a loaded generator, checkpoint, run folder or paper state_dict) and gate it.
 
-    ``calib`` = (data root, format) supplies real patches for the parity check and int8 calibration; without it
-    both use the embedded synthetic data set (built once under ``$ISP_SEARCH_CACHE``), so every export is gated
-    on real-looking RAW as well as on random input.
+    ``calib`` = (data root, format) supplies real patches: int8 calibrates on its train split, parity and the int8
+    quality drop use a held-out split (test, else val). Without it the embedded synthetic set (built once under
+    ``$ISP_SEARCH_CACHE``) is used, so every export is gated on real-looking RAW as well as on random input.
+    ``preset`` overrides the normalisation (the preset gate refuses one the weights were not trained with);
+    ``fold_dcr=False`` leaves the pixel shuffle as exported by PyTorch (the op gate refuses it).
     """
     from isp_search.export import tflite_export as T
     import onnxruntime as ort
 
-    loaded = source if isinstance(source, LoadedGenerator) else load_generator(source, arch=arch)
+    loaded = source if isinstance(source, LoadedGenerator) else load_generator(source, arch=arch, preset=preset)
     out = Path(out_dir).resolve()  # export.json and leaderboard rows carry absolute artifact paths
     out.mkdir(parents=True, exist_ok=True)
     h, w = size
     model = loaded.model.eval().cpu()
     x_rand = example_input(loaded.spec, h, w, seed=1)
-    if calib is None:
-        from isp_search.data.synth import ensure_synthetic
-
-        root = Path(os.environ.get("ISP_SEARCH_CACHE", Path.home() / ".cache" / "isp-search")) / "synth_mai2022"
-        ensure_synthetic(root, "mai2022")
-        calib = (str(root), "mai2022")
-    x_real = real_inputs(loaded, calib[0], calib[1], tuple(x_rand.shape), n_calib) if calib else None
-    inputs = {"random": x_rand} | ({"real": x_real[:2]} if x_real is not None else {})
+    calib = calib or _default_calib()
+    held = _dataset(loaded, *calib, ("test", "val"))
+    x_held, t_held = real_batch(held, tuple(x_rand.shape), 2)
+    inputs = {"random": x_rand, "real": x_held}
     with torch.no_grad():
         refs = {k: _nhwc(torch.cat([model(v[i : i + 1]) for i in range(len(v))])) for k, v in inputs.items()}
 
-    report = G.GateReport()
+    report = G.GateReport([preset_gate(loaded, calib, tuple(x_rand.shape))])
     paths: dict[str, str] = {}
     info: dict = {"arch": loaded.spec.name, "preset": loaded.preset, "size": [h, w], "source": str(loaded.path),
                   "input": "normalised packed RAW, NHWC 1xH/2xW/2x4" if loaded.spec.input_layout == "packed"
-                  else "normalised RGB planes, NHWC 1xHxWx3", "output": "RGB NHWC 1xHxWx3", "real_data": calib}
+                  else "normalised RGB planes, NHWC 1xHxWx3", "output": "RGB NHWC 1xHxWx3",
+                  "real_data": data_identity(held), "parity_limits": {k: v and vars(v) for k, v in
+                                                                       G.PARITY_LIMITS.items()}}
     onnx_path = out / FILE_NAMES["onnx"]
-    info["onnx"] = export_onnx(model, loaded.spec, onnx_path, h, w)
+    info["onnx"] = export_onnx(model, loaded.spec, onnx_path, h, w, fold_dcr=fold_dcr)
+    outputs: dict[str, dict[str, np.ndarray]] = {}
     if "onnx" in formats:
         paths["onnx"] = str(onnx_path)
         sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-        for kind, x in inputs.items():
-            y = np.concatenate([sess.run(None, {"raw": x[i : i + 1].numpy()})[0] for i in range(len(x))])
-            report.gates.append(G.parity_gate("onnx", kind, refs[kind], y.transpose(0, 2, 3, 1)))
+        outputs["onnx"] = {k: np.concatenate([sess.run(None, {"raw": x[i : i + 1].numpy()})[0]
+                                              for i in range(len(x))]).transpose(0, 2, 3, 1) for k, x in inputs.items()}
+        del sess  # its memory arena holds a whole forward pass at the export size
     tfl = [f for f in formats if f.startswith("tflite")]
     if tfl:
-        calib_nhwc = _nhwc(x_real) if ("tflite_int8" in tfl and x_real is not None) else None
+        int8_info = None
+        calib_nhwc = None
+        if "tflite_int8" in tfl:
+            ds_cal = _dataset(loaded, *calib, ("train",))
+            calib_nhwc = _nhwc(real_batch(ds_cal, tuple(x_rand.shape), n_calib)[0])
+            int8_info = data_identity(ds_cal)
         produced = T.convert(onnx_path, out, int8_calibration=calib_nhwc)
+        del calib_nhwc
+        if int8_info:
+            info["int8_calibration"] = int8_info
         for fmt in tfl:
             p = produced[fmt]
             paths[fmt] = str(p)
             ops = T.op_list(p)
             info.setdefault("tflite_ops", {})[fmt] = ops
-            report.gates.append(G.op_gate(fmt, ops, T.tensor_ranks(p)))
-            report.gates[-1].blocking = fmt != "tflite_int8"
+            blocking = fmt != "tflite_int8"
+            report.gates.append(G.op_gate(fmt, ops, T.tensor_ranks(p), info["onnx"]["dcr_folds"]))
+            report.gates.append(G.analyzer_gate(fmt, p, out / f"gpu_analyzer_{Path(p).stem}.txt"))
+            for g in report.gates[-2:]:
+                g.blocking = blocking
             try:
                 it = T.interpreter(p, threads=2)
             except RuntimeError as e:  # XNNPACK refuses some int8 graphs; the reference kernels still run them
                 report.gates.append(G.GateResult(f"xnnpack/{fmt}", False, None, None,
                                                  f"XNNPACK cannot run it: {str(e).splitlines()[0][:120]}",
-                                                 blocking=fmt != "tflite_int8"))
-                if fmt != "tflite_int8":
+                                                 blocking=blocking))
+                if blocking:
                     continue
                 it = T._plain_interpreter(p)
-            for kind, x in inputs.items():
-                xs = _nhwc(x)
-                y = np.concatenate([T.run_tflite(it, xs[i : i + 1]) for i in range(len(xs))])
-                report.gates.append(G.parity_gate(fmt, kind, refs[kind], y))
+            outputs[fmt] = {k: np.concatenate([T.run_tflite(it, xs[i : i + 1]) for i in range(len(xs))])
+                            for k, xs in ((k, _nhwc(x)) for k, x in inputs.items())}
+            del it
+            gc.collect()  # one interpreter arena at a time
         if "onnx" not in formats:
-            onnx_path.unlink(missing_ok=True)
+            paths.pop("onnx", None)
+    for fmt, outs in outputs.items():
+        for kind in inputs:
+            g = G.parity_gate(fmt, kind, refs[kind], outs[kind])
+            if fmt == "tflite_int8" and kind == "real" and t_held is not None:
+                tgt = _nhwc(t_held)
+                g.metrics["quality_drop_db"] = _psnr(refs["real"], tgt) - _psnr(outs["real"], tgt)
+                g.detail += f"; {g.metrics['quality_drop_db']:.2f} dB below PyTorch against the targets"
+            report.gates.append(g)
+    failing = [g for g in report.failed if g.name.startswith("parity/")]
+    if failing and locate_failures:
+        fmt, kind = failing[0].name.split("/")[1:]
+        found = _locate(loaded, fmt, kind, inputs[kind][:1], onnx_path, paths.get(fmt), fold_dcr, size)
+        from isp_search.export.locate import describe
+
+        failing[0].located = found
+        failing[0].detail += f"; {describe(found)}"
+    if "onnx" not in formats:
+        onnx_path.unlink(missing_ok=True)
     digests = {k: sha256(v) for k, v in paths.items()}
-    result = ExportResult(report.passed, report.reason, report.as_dict(), paths, digests, info)
+    sizes = {k: Path(v).stat().st_size for k, v in paths.items()}
+    result = ExportResult(report.passed, report.reason, report.as_dict(), paths, digests, info, sizes)
     doc = {"passed": result.passed, "reason": result.reason, "gates": result.gates, "artifacts": paths,
-           "sha256": digests, **info}
+           "sha256": digests, "bytes": sizes, **info}
     tmp = out / "export.json.tmp"
     tmp.write_text(json.dumps(doc, indent=1, default=str))
     os.replace(tmp, out / "export.json")
     return result
+
+
+def _locate(loaded: LoadedGenerator, fmt: str, kind: str, x: torch.Tensor, onnx_path: Path, path: str | None,
+            fold_dcr: bool, size: tuple[int, int]) -> dict:
+    """Per-op location of a parity failure, at the export size or (large exports) on a 256x256 re-export."""
+    from isp_search.export import tflite_export as T
+    from isp_search.export.locate import locate_export
+
+    model = loaded.model.eval()
+    if size[0] * size[1] <= LOCATE_MAX_PIXELS:
+        return locate_export(model, x, onnx_path, path if fmt.startswith("tflite") else None)
+    small = example_input(loaded.spec, 256, 256, seed=1) if kind == "random" else x[..., :128, :128] \
+        if loaded.spec.input_layout == "packed" else x[..., :256, :256]
+    with tempfile.TemporaryDirectory(prefix="isp-locate-") as tmp:
+        o = Path(tmp) / "model.onnx"
+        export_onnx(model, loaded.spec, o, 256, 256, fold_dcr=fold_dcr)
+        t = T.convert(o, tmp)[fmt] if fmt in ("tflite", "tflite_fp16") else None
+        found = locate_export(model, small, o, t)
+    return {**found, "note": "located on a 256x256 re-export of the same graph"}
