@@ -13,6 +13,7 @@ from isp_search.raw import RAW_MAX
 
 RAW_SUFFIXES = (".png", ".dng")
 RGB_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+RGB_SCALES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}  # full scale of each decoded bit depth
 
 
 class DataError(UserError):
@@ -85,8 +86,8 @@ def write_raw(path: str | os.PathLike, raw: np.ndarray) -> None:
         raise OSError(f"{path}: could not write")
 
 
-def read_rgb(path: str | os.PathLike) -> np.ndarray:
-    """An RGB image as float32 (H, W, 3) in [0, 1] (8- or 16-bit files)."""
+def decode_rgb(path: str | os.PathLike) -> np.ndarray:
+    """An RGB image as decoded, in RGB order: uint8 or uint16 (H, W, 3), contiguous (what a pack stores)."""
     p = Path(path)
     img = _imread(p)
     if img.ndim == 2:
@@ -95,10 +96,19 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
         img = img[..., :3]
     if img.shape[2] != 3:
         raise DataError(f"{p}: expected an RGB image, got {img.shape[2]} channels")
-    scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(img.dtype)
-    if scale is None:
+    if img.dtype not in RGB_SCALES:
         raise DataError(f"{p}: expected an 8- or 16-bit RGB image, got {img.dtype}")
-    return np.ascontiguousarray(img[..., ::-1], dtype=np.float32) / scale
+    return np.ascontiguousarray(img[..., ::-1])
+
+
+def rgb_to_float(img: np.ndarray) -> np.ndarray:
+    """A decoded uint8/uint16 RGB image -> float32 in [0, 1] (one pass; the same bits from a file or a pack)."""
+    return np.divide(img, np.float32(RGB_SCALES[img.dtype]), dtype=np.float32)
+
+
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
+    """An RGB image as float32 (H, W, 3) in [0, 1] (8- or 16-bit files)."""
+    return rgb_to_float(decode_rgb(path))
 
 
 def write_rgb(path: str | os.PathLike, rgb: np.ndarray, quality: int = 95) -> None:
