@@ -16,7 +16,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "at --size). CPU: warm-up, repeated runs, median and 10th/90th percentiles. adb: TFLite benchmark_model "
         "with the GPU delegate (FP16 allowed).")
     p.add_argument("model", metavar="MODEL", help=".tflite, export folder, checkpoint or run folder")
-    p.add_argument("--target", default="cpu", help="cpu, or adb[:SERIAL] for an Android phone (default: cpu)")
+    p.add_argument("--target", default="cpu",
+                   help="cpu, adb[:SERIAL] (an Android phone over adb) or qai-hub:DEVICE (a phone in Qualcomm AI Hub); "
+                   "phones run the fp16 file on their GPU (default: cpu)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (default: 2)")
     p.add_argument("--runs", type=int, default=20, help="timed runs (default: 20)")
     p.add_argument("--warmup", type=int, default=3, help="warm-up runs (default: 3)")
@@ -25,6 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "folder made at another size is re-exported from its source (default: the folder's own size)")
     p.add_argument("--arch", default=None, help="backbone name for a paper-format state_dict")
     p.add_argument("--benchmark-binary", default=None, help="path of TFLite's benchmark_model for the phone (adb)")
+    p.add_argument("--force", action="store_true", help="time an export folder whose gates refused it")
     p.add_argument("--json", action="store_true", help="print one JSON object (the TFLite result and the others)")
     p.set_defaults(func=run)
 
@@ -36,15 +39,26 @@ def run(args: argparse.Namespace) -> int:
     src = Path(args.model)
     if not src.exists():
         raise UserError(f"{src}: no such model file or folder")
+    mobile = args.target != "cpu"
+    if mobile:  # fail in seconds, before any export
+        from isp_search.export.publish import mobile_targets, preflight
+
+        preflight(mobile_targets([args.target]), {"benchmark_binary": args.benchmark_binary})
     tflite = onnx = None
     loaded = None
     size = parse_size(args.size) if args.size else None
     if src.suffix == ".tflite":
         if size:
             raise UserError(f"--size: {src} has a fixed input shape; pass its export folder or checkpoint instead")
+        sibling = src.parent / "export.json"
+        if sibling.is_file() and json.loads(sibling.read_text()).get("passed") is False and not args.force:
+            raise UserError(f"{src}: its export was refused by its gates (see {sibling}); pass --force to time it")
         tflite = src
     elif src.is_dir() and (src / "model_fp32.tflite").is_file():
         meta = json.loads((src / "export.json").read_text()) if (src / "export.json").is_file() else {}
+        if meta.get("passed") is False and not args.force:
+            raise UserError(f"{src}: this export was refused by its gates ({meta.get('reason')}); "
+                            "pass --force to time it anyway")
         if size and tuple(meta.get("size") or ()) != size:
             if not meta.get("source"):
                 raise UserError(f"--size: {src} was exported at another size and names no source to re-export")
@@ -53,26 +67,23 @@ def run(args: argparse.Namespace) -> int:
             loaded = load_generator(meta["source"], arch=meta.get("arch"))
         else:
             tflite, onnx = src / "model_fp32.tflite", src / "model.onnx"
+            if mobile:
+                if not (src / "model_fp16.tflite").is_file():
+                    raise UserError(f"{src}: no model_fp16.tflite (a phone runs the fp16 file); re-export with "
+                                    "--formats including tflite_fp16")
+                tflite = src / "model_fp16.tflite"
     if tflite is None:
         import tempfile
         from isp_search.models.checkpoint import load_generator
 
         loaded = loaded or load_generator(src, arch=args.arch)
         out = Path(tempfile.mkdtemp(prefix="isp-bench-"))
-        r = export_model(loaded, out, ["onnx", "tflite"], size or (1088, 1920))
-        if not r.passed:
+        r = export_model(loaded, out, ["onnx", "tflite"] + (["tflite_fp16"] if mobile else []), size or (1088, 1920))
+        if not r.passed and not args.force:
             raise UserError(f"{src}: export failed its gates: {r.reason}")
-        tflite, onnx = out / "model_fp32.tflite", out / "model.onnx"
-    if args.target.startswith("adb"):
-        if not args.benchmark_binary:
-            raise UserError("--target adb needs --benchmark-binary PATH (TFLite benchmark_model for the phone)")
-        serial = args.target.split(":", 1)[1] if ":" in args.target else None
-        res = B.bench_adb(tflite, args.benchmark_binary, serial=serial, runs=args.runs, warmup=args.warmup)
-        print(json.dumps(res) if args.json else f"{res['target']} {res['device']} ({res['delegate']}): "
-              f"{res['median_ms']:.2f} ms avg")
-        return 0
-    if args.target != "cpu":
-        raise UserError(f"--target {args.target!r}: valid: cpu, adb, adb:SERIAL")
+        tflite, onnx = out / ("model_fp16.tflite" if mobile else "model_fp32.tflite"), out / "model.onnx"
+    if mobile:
+        return _run_mobile(args, tflite)
     res = B.bench_tflite(tflite, args.threads, args.runs, args.warmup)
     others = []
     if onnx is not None and Path(onnx).is_file():
@@ -99,3 +110,35 @@ def run(args: argparse.Namespace) -> int:
         for r in [res] + others:
             print(f"{r['runtime']:<16}{r['median_ms']:>10.2f}{r['p10_ms']:>10.2f}{r['p90_ms']:>10.2f}")
     return 0
+
+
+def _run_mobile(args: argparse.Namespace, tflite: Path) -> int:
+    """Time the fp16 file on a phone (adb) or a device-cloud phone (qai-hub) and print one line."""
+    from isp_search.export.pipeline import sha256
+
+    if args.target.startswith("adb"):
+        from isp_search.export.adb import bench_adb, parse_target
+
+        res = bench_adb(tflite, args.benchmark_binary, serial=parse_target(args.target), runs=args.runs,
+                        warmup=args.warmup)
+    else:
+        from isp_search.export.qaihub import bench_qaihub, parse_target
+
+        res = bench_qaihub(tflite, parse_target(args.target), "x".join(map(str, _output_size(tflite))))
+    res["sha256"] = sha256(tflite)
+    if args.json:
+        print(json.dumps(res, default=str))
+        return 0
+    ms = res["median_ms"] if res.get("median_ms") is not None else res.get("mean_ms")
+    stat = res.get("statistic", "median")
+    print(f"{res['target']} {res.get('device') or ''} {res.get('soc') or ''} ({res['delegate']}, "
+          f"{res.get('precision')}): {ms:.2f} ms {stat} over {res.get('runs')} runs; init {res.get('init_ms')} ms; "
+          f"{tflite.name} sha256 {res['sha256'][:12]}")
+    return 0
+
+
+def _output_size(tflite: Path) -> tuple[int, int]:
+    from isp_search.export.tflite_export import interpreter
+
+    shape = interpreter(tflite).get_output_details()[0]["shape"]
+    return int(shape[1]), int(shape[2])

@@ -22,24 +22,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_show)
     sub = p.add_subparsers(dest="lb_command", metavar="ACTION")
     add = sub.add_parser("add", help="evaluate, export, benchmark and add an external checkpoint as a baseline row",
-                         description="For a checkpoint not trained by a search (e.g. the paper's published weights).")
+                         description="For a checkpoint not trained by a search (e.g. the paper's published weights). "
+                         "The model is exported at --size (default Full HD), gated, timed and added; a model refused "
+                         "at any stage gets no row and the command exits 1 naming the reason.")
     add.add_argument("--arch", default=None, help="backbone name (needed for a paper-format state_dict)")
     add.add_argument("--weights", required=True, help="checkpoint file, run folder or paper state_dict")
     add.add_argument("--data", default=None, help="data set root for the test-split metrics and sample crops")
-    add.add_argument("--data-format", "--format", dest="data_format", default="mai2022",
-                     help="format of --data (default: mai2022)")
-    add.add_argument("--size", default="256x256", help="export size HxW for the gates (default: 256x256)")
-    add.add_argument("--bench-size", default="1088x1920", help="latency/MACs size HxW (default: 1088x1920)")
+    add.add_argument("--data-format", dest="data_format", default="mai2022", help="format of --data (default: mai2022)")
+    add.add_argument("--formats", default="onnx,tflite,tflite_fp16",
+                     help="deployed files: comma list of onnx, tflite, tflite_fp16, tflite_int8 (tflite is always "
+                     "made: it is timed; default: onnx,tflite,tflite_fp16)")
+    add.add_argument("--size", default="1088x1920", help="deployed export, latency and MACs size HxW (default: 1088x1920)")
+    add.add_argument("--gate-size", default=None, help="also gate an export at this size HxW (e.g. 256x256)")
     add.add_argument("--name", default=None, help="model id in the table (default: baseline/<file name>)")
-    add.add_argument("--out", default=None, help="artifact folder (default: results/exports/<name>)")
-    add.add_argument("--path", default=None, help="leaderboard Parquet file")
+    add.add_argument("--out", dest="export_dir", default=None, help="artifact folder (default: results/exports/<name>)")
+    # SUPPRESS: `leaderboard --path X add` and `leaderboard add --path X` both work (a None default would overwrite X)
+    add.add_argument("--path", default=argparse.SUPPRESS, help="leaderboard Parquet file (also accepted before add)")
     add.add_argument("--mai-c", type=float, default=1.0, help="C in the MAI score 2^(2 PSNR)/(C runtime)")
     add.add_argument("--backbone-weights", choices=("pretrained", "random"), default="pretrained",
                      help="LPIPS/DISTS feature networks: pretrained (local files, see `isp-search weights`) or "
                      "random (offline; the row is labelled so) (default: pretrained)")
-    add.add_argument("--target", default=None,
-                     help="also time on a phone: adb or adb:SERIAL (needs --benchmark-binary; default: CPU only)")
-    add.add_argument("--benchmark-binary", default=None, help="TFLite benchmark_model binary for the phone")
+    add.add_argument("--target", action="append", default=None, metavar="TARGET",
+                     help="also time the fp16 file on a phone GPU: adb, adb:SERIAL (needs --benchmark-binary) or "
+                     "qai-hub:DEVICE (Qualcomm AI Hub; needs the qai-hub client and its token); repeatable. The CPU "
+                     "is always timed; the MAI score comes only from a phone target")
+    add.add_argument("--benchmark-binary", default=None, help="TFLite benchmark_model binary for the phone (adb)")
+    add.add_argument("--runs", type=int, default=10, help="timed runs per target (default: 10)")
     add.set_defaults(func=run_add)
 
 
@@ -110,36 +118,29 @@ def _cell(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def _adb_args(args: argparse.Namespace) -> dict | None:
-    if not args.target:
-        return None
-    if not args.target.startswith("adb"):
-        raise UserError(f"--target {args.target!r}: valid: adb, adb:SERIAL (the CPU is always timed)")
-    if not args.benchmark_binary:
-        raise UserError("--target adb needs --benchmark-binary PATH (TFLite benchmark_model for the phone)")
-    import shutil
-
-    if shutil.which("adb") is None:  # fail before the minutes of export and evaluation, not after
-        raise UserError("--target adb: no 'adb' on PATH; install Android platform-tools and connect a phone")
-    serial = args.target.split(":", 1)[1] if ":" in args.target else None
-    return {"benchmark_binary": args.benchmark_binary, "serial": serial}
-
-
 def run_add(args: argparse.Namespace) -> int:
-    from isp_search.export.pipeline import parse_size
+    import sys
+
+    from isp_search.export.pipeline import parse_formats, parse_size
     from isp_search.export.publish import publish
 
     name = args.name or f"baseline/{Path(args.weights).stem}"
-    out = Path(args.out or Path("results/exports") / name.replace("/", "_"))
+    out = Path(args.export_dir or Path("results/exports") / name.replace("/", "_"))
     data = (args.data, args.data_format) if args.data else None
-    res = publish(args.weights, out, arch=args.arch, export_size=parse_size(args.size),
-                  bench_size=parse_size(args.bench_size), data=data, kind="baseline", model_id=name,
-                  mai_c=args.mai_c, leaderboard_path=args.path, run_dir=None, adb=_adb_args(args),
-                  weights_mode=args.backbone_weights)
+    adb = {"benchmark_binary": args.benchmark_binary, "runs": max(args.runs, 1)}
+    res = publish(args.weights, out, arch=args.arch, formats=parse_formats(args.formats), size=parse_size(args.size),
+                  gate_size=parse_size(args.gate_size) if args.gate_size else None, data=data, kind="baseline",
+                  model_id=name, mai_c=args.mai_c, leaderboard_path=getattr(args, "path", None), run_dir=None,
+                  targets=args.target or (), adb=adb, bench_runs=args.runs, weights_mode=args.backbone_weights)
     if res.row is None:
-        print(f"isp-search: {name} not added: export refused: {res.export.reason}")
+        print(f"isp-search: {name} not added: export refused: {res.export.reason}", file=sys.stderr)
         return 1
     r = res.row
-    print(f"added {name}: PSNR {r['psnr']}, LPIPS {r['lpips']} ({r['lpips_weights']}), "
-          f"latency {r['latency_ms']:.2f} ms ({r['latency_target']})")
+    lat = f"{r['latency_ms']:.2f} ms {r['latency_statistic']} on {r['latency_target']}" if r["latency_ms"] is not None \
+        else "no latency"
+    psnr = f"{r['psnr']:.2f} dB" if r["psnr"] is not None else "–"
+    lpips = f"{r['lpips']:.4f} ({r['lpips_weights']})" if r["lpips"] is not None else "–"
+    where = f" on {r['data_format']} {r['eval_split']} ({r['n_test_images']} images)" if r["data_format"] else ""
+    print(f"added {name}: PSNR {psnr}, LPIPS {lpips}{where}; latency {lat}; "
+          f"parity >= {r['parity_min_psnr_db']:.1f} dB, <= {r['parity_max_lsb']:.2f} LSB")
     return 0

@@ -1,4 +1,7 @@
-"""Export -> gate -> benchmark -> leaderboard row, for a trained model or an external baseline checkpoint."""
+"""Export -> gate -> benchmark -> leaderboard row, for a trained model or an external baseline checkpoint.
+
+Nothing is appended until every stage has passed: a refused export or a failed benchmark leaves no row.
+"""
 
 from __future__ import annotations
 
@@ -80,22 +83,113 @@ def save_crops(loaded: LoadedGenerator, data_root: str, data_format: str, out_di
     return str(s), str(t) if t else None
 
 
+def _latency_entry(res: dict, size: tuple[int, int], model: str) -> dict:
+    """A bench result as a leaderboard latency entry, naming the file timed and its sha256."""
+    from isp_search.export.pipeline import sha256
+
+    entry = {k: v for k, v in res.items() if k in LB.LATENCY.names}
+    entry.setdefault("statistic", "median" if res.get("median_ms") is not None else "mean")
+    entry.update(size=f"{size[0]}x{size[1]}", model=str(model), sha256=sha256(model))
+    return entry
+
+
+def mobile_targets(targets) -> list[str]:
+    """Validate ``adb[:SERIAL]`` / ``qai-hub:DEVICE`` targets (``cpu`` is always timed and dropped here)."""
+    from isp_search.export.adb import parse_target as adb_target
+    from isp_search.export.qaihub import parse_target as hub_target
+
+    out = []
+    for t in targets or ():
+        if t == "cpu":
+            continue
+        if t == "adb" or t.startswith("adb:"):
+            adb_target(t)
+        elif t.startswith("qai-hub"):
+            hub_target(t)
+        else:
+            raise UserError(f"latency target {t!r}: valid: cpu, adb, adb:SERIAL, qai-hub:DEVICE")
+        out.append(t)
+    return out
+
+
+def preflight(targets: list[str], adb: dict | None) -> None:
+    """Fail in seconds, not after minutes of export: adb and its binary, or a qai-hub token."""
+    from isp_search.export.adb import check_adb
+    from isp_search.export.qaihub import check_token
+
+    for t in targets:
+        if t.startswith("adb"):
+            check_adb((adb or {}).get("benchmark_binary"))
+        else:
+            check_token()
+
+
+def _time_mobile(target: str, fp16: str, size: tuple[int, int], adb: dict | None) -> dict:
+    if target.startswith("adb"):
+        from isp_search.export.adb import bench_adb, parse_target
+
+        a = {k: v for k, v in (adb or {}).items() if k != "serial"}
+        res = bench_adb(fp16, serial=parse_target(target), **a)
+    else:
+        from isp_search.export.qaihub import bench_qaihub, parse_target
+
+        res = bench_qaihub(fp16, parse_target(target), f"{size[0]}x{size[1]}")
+    return _latency_entry(res, size, fp16)
+
+
+def _parity_columns(gates: dict, suffix: str = "") -> list[dict]:
+    out = []
+    for name, g in gates.items():
+        if name.startswith("parity/") and g.get("psnr_db") is not None:
+            _, fmt, kind = name.split("/")
+            out.append({"format": fmt, "kind": kind + suffix, "psnr_db": g["psnr_db"], "max_lsb": g["max_lsb"],
+                        "max_abs": g["max_abs"], "passed": g["passed"], "blocking": g["blocking"],
+                        "quality_drop_db": g.get("quality_drop_db")})
+    return out
+
+
+def _eval_identity(data: tuple[str, str] | None, split: str, loaded: LoadedGenerator) -> dict:
+    from isp_search.export.pipeline import _dataset, data_identity
+
+    if data is None:
+        return {}
+    try:
+        return data_identity(_dataset(loaded, data[0], data[1], (split,)))
+    except UserError:
+        return {"format": data[1], "root": str(Path(data[0]).resolve()), "split": split}
+
+
 def publish(source: LoadedGenerator | str | os.PathLike, out_dir: str | os.PathLike, *, arch: str | None = None,
-            formats=("onnx", "tflite", "tflite_fp16"), export_size=(256, 256), bench_size=(1088, 1920),
+            formats=("onnx", "tflite", "tflite_fp16"), size=(1088, 1920), gate_size=None,
             data: tuple[str, str] | None = None, metrics: dict | None = None, kind: str = "search",
             mode: str | None = None, search_id: str | None = None, trial_id: str | None = None,
             config: dict | None = None, run_dir: str | None = None, bench_runs: int = 10, threads: int = 2,
             mai_c: float = 1.0, leaderboard_path: str | os.PathLike | None = None, model_id: str | None = None,
-            adb: dict | None = None, weights_mode: str = "pretrained") -> Published:
-    """Export and gate; if every gate passes, benchmark and append one leaderboard row.
+            targets=(), adb: dict | None = None, weights_mode: str = "pretrained") -> Published:
+    """Export at the deployed ``size`` and gate; if every gate passes, benchmark and append one leaderboard row.
 
-    ``weights_mode`` (pretrained | random) picks the LPIPS/DISTS backbones when ``data`` is evaluated here; ``adb``
-    holds :func:`bench_adb` arguments (benchmark_binary, serial, runs, warmup) for an on-phone GPU timing.
+    The row's artifacts are the deployed (gated and timed) files. ``gate_size`` adds a second, gate-only export
+    (e.g. real patches at their own 256x256) that must pass too. ``targets``: ``adb[:SERIAL]`` and
+    ``qai-hub:DEVICE`` time the fp16 file on a phone's GPU (``adb`` holds :func:`bench_adb` arguments:
+    benchmark_binary, runs, warmup); the CPU (LiteRT fp32, ``threads``) is always timed. ``weights_mode``
+    (pretrained | random) picks the LPIPS/DISTS backbones when ``data`` is evaluated here. A refusal at any stage
+    returns ``row=None`` and appends nothing.
     """
+    targets = mobile_targets(targets)
+    preflight(targets, adb)
     loaded = source if isinstance(source, LoadedGenerator) else load_generator(source, arch=arch)
     out = Path(out_dir).resolve()  # rows point at artifacts from anywhere
     model_id = model_id or (f"{search_id}/{trial_id}" if search_id and trial_id else out.name)
-    result = export_model(loaded, out, list(formats), export_size, calib=data)
+    formats = list(dict.fromkeys([*formats, "tflite"] + (["tflite_fp16"] if targets else [])))  # what is timed
+    parity: list[dict] = []
+    if gate_size and tuple(gate_size) != tuple(size):
+        gate = export_model(loaded, out / f"gate_{gate_size[0]}x{gate_size[1]}", [f for f in formats
+                                                                                if f != "tflite_int8"],
+                            tuple(gate_size), calib=data)
+        if not gate.passed:
+            return Published(model_id, gate, None)
+        parity = _parity_columns(gate.gates, f" {gate_size[0]}x{gate_size[1]}")
+    result = export_model(loaded, out, formats, tuple(size), calib=data)
     if not result.passed:
         return Published(model_id, result, None)
     if metrics is None and data is not None:
@@ -103,49 +197,44 @@ def publish(source: LoadedGenerator | str | os.PathLike, out_dir: str | os.PathL
         from isp_search.data.dataset import RawRGBDataset
 
         ds = RawRGBDataset(data[0], data[1], "test", loaded.spec, preset=loaded.preset, with_reference=False)
-        metrics = evaluate_model(loaded.model, loaded.spec, ds, weights_mode=weights_mode)
+        metrics = {**evaluate_model(loaded.model, loaded.spec, ds, weights_mode=weights_mode), "split": "test"}
     metrics = dict(metrics or {})
     if metrics.get("lpips") is not None and not metrics.get("lpips_weights"):
         # metrics handed over from training: the checkpoint says which feature weights its LPIPS used
         metrics["lpips_weights"] = loaded.meta.get("backbone_weights")
     mode = mode or loaded.meta.get("mode")
-    latency = []
-    if bench_size:
-        bench_dir = out / "bench"
-        # the phone runs the fp16 graph (MAI protocol: GPU delegate, FP16 allowed) at the benchmark size too
-        bench_res = export_model(loaded, bench_dir, ["tflite", "tflite_fp16"] if adb else ["tflite"], bench_size)
-        if bench_res.passed:
-            b = bench_tflite(bench_res.paths["tflite"], threads=threads, runs=bench_runs)
-            latency.append({"target": "cpu", "runtime": b["runtime"], "median_ms": b["median_ms"],
-                            "p10_ms": b["p10_ms"], "p90_ms": b["p90_ms"], "threads": threads,
-                            "device": os.uname().machine, "delegate": "xnnpack",
-                            "size": f"{bench_size[0]}x{bench_size[1]}"})
-    if adb:
-        from isp_search.export.bench import bench_adb
-
-        if not bench_size or not bench_res.passed:
-            raise UserError("adb benchmark: needs a benchmark size whose export passes its gates")
-        a = bench_adb(bench_res.paths["tflite_fp16"], **adb)
-        latency.append({"target": a["target"], "runtime": "benchmark_model", "median_ms": a["median_ms"],
-                        "device": a.get("device"), "delegate": a.get("delegate"),
-                        "size": f"{bench_size[0]}x{bench_size[1]}"})
-    primary = latency[-1] if latency else None
+    fp32 = result.paths["tflite"]
+    latency = [_latency_entry(bench_tflite(fp32, threads=threads, runs=bench_runs), size, fp32)]
+    latency[0]["precision"] = "fp32"
+    latency += [_time_mobile(t, result.paths["tflite_fp16"], size, adb) for t in targets]
+    primary = next((e for e in latency if LB.is_mobile(e["target"])), latency[0])
+    primary_ms = primary.get("median_ms") if primary.get("median_ms") is not None else primary.get("mean_ms")
     crops = save_crops(loaded, *data, out) if data else (None, None)
-    parity = {k: v["value"] for k, v in result.gates.items() if k.startswith("parity/")}
+    parity = _parity_columns(result.gates) + parity
+    blocking = [p for p in parity if p["blocking"]]
+    int8 = next((p for p in parity if p["format"] == "tflite_int8" and p["kind"] == "real"), None)
     psnr = metrics.get("psnr")
+    split = metrics.get("split", "test")
+    ident = _eval_identity(data, split, loaded) if psnr is not None or metrics.get("lpips") is not None else {}
+    mobile = LB.is_mobile(primary["target"])
     row = {
         "model_id": model_id, "kind": kind, "backbone": loaded.spec.name, "mode": mode, "preset": loaded.preset,
         "search_id": search_id, "trial_id": trial_id, "config": config or {},
         "params": sum(p.numel() for p in loaded.model.parameters()),
-        "macs": count_macs(loaded.model, loaded.spec, *bench_size) if bench_size else None,
-        "macs_size": f"{bench_size[0]}x{bench_size[1]}" if bench_size else None,
+        "macs": count_macs(loaded.model, loaded.spec, *size), "macs_size": f"{size[0]}x{size[1]}",
         "psnr": psnr, "ssim": metrics.get("ssim"), "ms_ssim": metrics.get("ms_ssim"), "lpips": metrics.get("lpips"),
-        "dists": metrics.get("dists"), "n_test_images": metrics.get("n_images"),
-        "eval_split": metrics.get("split", "test"), "lpips_weights": metrics.get("lpips_weights"),
-        "latency": latency, "latency_ms": primary["median_ms"] if primary else None,
-        "latency_target": primary["target"] if primary else None,
-        "mai_score": LB.mai_score(psnr, primary["median_ms"] if primary else None, mai_c), "mai_c": mai_c,
-        "parity": parity, "artifacts": result.paths, "sha256": result.sha256,
+        "dists": metrics.get("dists"), "lpips_weights": metrics.get("lpips_weights"),
+        "data_format": ident.get("format"), "data_root": ident.get("root"), "eval_split": split if ident else None,
+        "n_test_images": metrics.get("n_images") or ident.get("n_images"), "data_fingerprint": ident.get("fingerprint"),
+        "latency": latency, "latency_ms": primary_ms, "latency_target": primary["target"],
+        "latency_statistic": primary.get("statistic"),
+        "mai_score": LB.mai_score(psnr, primary_ms, mai_c) if mobile else None, "mai_c": mai_c,
+        "mai_target": primary["target"] if mobile else None,
+        "parity": parity, "parity_min_psnr_db": min((p["psnr_db"] for p in blocking), default=None),
+        "parity_max_lsb": max((p["max_lsb"] for p in blocking), default=None),
+        "int8_psnr_db": int8 and int8["psnr_db"], "int8_quality_drop_db": int8 and int8["quality_drop_db"],
+        "artifacts": result.paths, "sha256": result.sha256, "artifact_bytes": result.bytes,
+        "artifact_size": f"{size[0]}x{size[1]}",
         "sample_crop": crops[0], "target_crop": crops[1], "git_sha": LB.git_sha(), "run_dir": run_dir,
     }
     LB.append_rows([row], leaderboard_path)
