@@ -165,3 +165,41 @@ def test_decide_state(result, error, state, reason):
     s, values, why = decide_state(result, ["lpips", "psnr"], error)
     assert s == state and reason in why
     assert (values is not None) == (state == TrialState.COMPLETE)
+
+
+def test_searcher_on_an_rdb_study_names_its_metrics(tmp_path, monkeypatch):
+    """storage.optuna as an RDB URL: the study is created there with the objectives as metric names, and the
+    searcher survives the pickling Ray's experiment snapshots do; postgresql:// has its driver installed."""
+    import pickle
+
+    import sqlalchemy
+
+    from isp_search.search.searcher import make_searcher
+
+    monkeypatch.chdir(tmp_path)
+    space = load_space(write(tmp_path, SPACE))
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    searcher = make_searcher(space, "s1", url, "e1")
+    assert searcher.suggest("ray1")["optim.beta1"] in (0.0, 0.5)
+    assert pickle.loads(pickle.dumps(searcher)).study.study_name == "s1"
+    study = optuna.load_study(study_name="s1", storage=url)
+    assert study.metric_names == ["lpips", "psnr"]
+    (t,) = study.trials
+    assert t.user_attrs["ray_trial_id"] == "ray1" and t.params["optim.d_color_lr"] == 1e-5  # the enqueued point
+    assert sqlalchemy.create_engine("postgresql://u@127.0.0.1:1/db").dialect.driver == "psycopg"
+
+
+def test_journal_mirror_push_and_pull(tmp_path):
+    """The object-store copy of a local journal (file:// stands in for s3://): pushed, then restored on a machine
+    whose copy is missing or shorter, never over a longer local one."""
+    from isp_search.search import journal
+
+    uri = journal.mirror_uri(f"file://{tmp_path / 'bucket'}", "exp1", str(tmp_path / "a.journal"))
+    assert uri == f"file://{tmp_path / 'bucket'}/exp1/optuna.journal"
+    assert journal.mirror_uri(str(tmp_path), "exp1", str(tmp_path / "a.journal")) is None  # on shared disk already
+    (tmp_path / "a.journal").write_text("one\ntwo\n")
+    assert journal.push(str(tmp_path / "a.journal"), uri)
+    other = tmp_path / "elsewhere" / "a.journal"
+    assert journal.pull(str(other), uri) and other.read_text() == "one\ntwo\n"
+    other.write_text("one\ntwo\nthree\n")  # the local copy has more: kept
+    assert not journal.pull(str(other), uri) and other.read_text().endswith("three\n")
