@@ -39,10 +39,62 @@ def run(args: argparse.Namespace) -> int:
                     export=replace(space.export, results=results))
     if args.pretrain_steps < 0:
         raise UserError(f"--pretrain-steps must be >= 0, got {args.pretrain_steps}")
-    if args.pretrain_steps:
-        init = pretrain(Path(results), args.pretrain_steps)
-        space = replace(space, base=replace(space.base, overrides={**space.base.overrides, "model.init_from": init}))
-    return run_space(space, name=f"demo-{time.strftime('%Y%m%d-%H%M%S')}")
+    if not args.pretrain_steps:
+        return run_space(space, name=f"demo-{time.strftime('%Y%m%d-%H%M%S')}")
+    init = pretrain(Path(results), args.pretrain_steps)
+    space = replace(space, base=replace(space.base, overrides={**space.base.overrides, "model.init_from": init}))
+    start = start_metrics(space)  # before the search: a failure here costs seconds, not the whole demo
+    code = run_space(space, name=f"demo-{time.strftime('%Y%m%d-%H%M%S')}", after=lambda s: print(
+        compare_with_start(start, s, space, init)))
+    return code
+
+
+def start_metrics(space) -> dict[str, float]:
+    """Validation metrics of the generator the trials start from (``model.init_from``), measured as a trial
+    measures itself: the trials' base config, val subset (``data.eval_limit``), crop size and metric networks."""
+    import torch
+
+    from isp_search.metrics import Evaluator
+    from isp_search.models.checkpoint import load_generator
+    from isp_search.search.tuner import base_train_config
+    from isp_search.train.evaluate import EVAL_METRICS, evaluate
+    from isp_search.train.loop import make_datasets
+
+    cfg = base_train_config(space)
+    val = make_datasets(cfg).get("val")
+    if val is None:
+        return {}
+    gen = val.spec.build()
+    gen.load_state_dict(load_generator(cfg.model.init_from, arch=cfg.model.arch).model.state_dict())
+    device = torch.device("cpu")
+    evaluator = Evaluator(EVAL_METRICS, cfg.backbone_weights, device)
+    out = evaluate(gen, val, evaluator, device, cfg.train.batch_size, cfg.data.eval_limit, cfg.train.score_lpips_weight)
+    return {**out, "n_images": min(len(val), cfg.data.eval_limit or len(val)), "weights": cfg.backbone_weights}
+
+
+def compare_with_start(start: dict[str, float], summary, space, init: str) -> str:
+    """The start's metrics beside the best trial's on each objective, and one line saying which were beaten."""
+    from isp_search.search.space import metric_direction
+
+    names = [o.metric for o in space.objectives]
+    shown = ", ".join(f"{k} {start[k]:.4g}" for k in dict.fromkeys([*names, "psnr", "ssim", "lpips"]) if k in start)
+    where = f"the trials' val split, {start.get('n_images', '?')} images, {start.get('weights', '?')} metric backbones"
+    lines = [f"pretrain start {init}: val {shown} ({where})"]
+    verdicts, best_parts = [], []
+    for o in space.objectives:
+        sign = 1.0 if metric_direction(o.metric) == "max" else -1.0
+        entries = [e for e in summary.pareto if e.values.get(o.metric) is not None]
+        if not entries or o.metric not in start:
+            verdicts.append(f"{o.metric.upper()}: not measured")
+            continue
+        best = max(entries, key=lambda e: sign * e.values[o.metric])
+        b, s0 = best.values[o.metric], start[o.metric]
+        best_parts.append(f"{o.metric} {b:.4g} (#{best.number})")
+        beat = sign * (b - s0) > 0
+        verdicts.append(f"{o.metric.upper()} {'yes' if beat else 'no'} ({b:.4g} vs {s0:.4g})")
+    lines.append("best trial per objective: " + (", ".join(best_parts) or "none (no COMPLETE trial)"))
+    lines.append("did the best trial beat the pretrain start? " + "; ".join(verdicts))
+    return "\n".join(lines)
 
 
 def pretrain(results: Path, steps: int, overrides: dict | None = None) -> str:

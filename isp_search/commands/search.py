@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from typing import Any
 from dataclasses import replace
+from typing import Any
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
