@@ -71,6 +71,7 @@ class Head:
         self.port, self.dash = free_port(), free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.nodes: list[str] = []
+        self.node_tmps: list[str] = []
         self.client_port = free_port()
         self._ray(["start", "--head", f"--port={self.port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
                    "--num-gpus=0", f"--temp-dir={self.tmp}", "--include-dashboard=true",
@@ -83,9 +84,15 @@ class Head:
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
     def add_node(self, resources: dict) -> str:
-        """A second raylet on this machine joining the head; returns its node-manager port as a marker."""
+        """A second raylet on this machine joining the head; returns its node-manager port as a marker.
+
+        It gets its own temp dir: two raylets sharing one session folder share ``runtime_resources/``, and the
+        second one's runtime-env agent then deletes the job's working-dir copy the first one unpacked."""
         nm = free_port()
+        tmp = tempfile.mkdtemp(prefix="rn", dir="/tmp")
+        self.node_tmps.append(tmp)
         self._ray(["start", f"--address={self.address}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+                   f"--temp-dir={tmp}",
                    "--num-gpus=0", f"--resources={json.dumps(resources)}", f"--node-manager-port={nm}",
                    f"--object-manager-port={free_port()}", f"--metrics-export-port={free_port()}",
                    f"--dashboard-agent-listen-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
@@ -110,6 +117,9 @@ class Head:
         for sig in (signal.SIGTERM, signal.SIGKILL):
             for marker in ours:
                 kill_tree(processes_under(marker), sig)
+        for tmp in self.node_tmps:
+            kill_tree(processes_under(tmp), signal.SIGKILL)
+            shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 

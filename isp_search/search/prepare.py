@@ -180,6 +180,15 @@ def prepare(jobs: list[StoreJob], *, use_ray: bool = False, workers: int | None 
     return jobs
 
 
+def still_there(rows: list[dict], jobs: list[StoreJob], cache_dir: str | os.PathLike | None = None) -> bool:
+    """Whether a recorded prepare stage covers ``jobs`` and each of its stores is still in the cache."""
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    look = ReferenceLook()
+    want = {content_key(j.paths, j.demosaicer, look, None, root) for j in jobs}
+    have = {r.get("key") for r in rows}
+    return want <= have and all(open_store(k, root) is not None for k in want)
+
+
 def run_hooks(configs: Sequence[Any]) -> None:
     for hook in HOOKS:
         for cfg in configs:

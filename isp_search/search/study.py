@@ -67,6 +67,11 @@ def prepare_stage(space: SearchSpace, exp: Experiment, cfg: Any) -> list:
     pre = pretrain_config(space)
     configs = ([pre] if pre is not None else []) + [cfg]
     jobs = P.plan(configs, P.space_demosaicers(space))
+    record = _read_json(f"{exp.uri}/prepare.json")
+    if record and P.still_there(record["stores"], jobs):  # done by an earlier run of this study
+        print(f"prepare: {len(jobs)} reference stores (recorded by this study, all present)", flush=True)
+        P.run_hooks(configs)  # hooks check their own results
+        return jobs
     marker = _hold_marker(exp, "prepare")
     P.prepare(jobs, use_ray=True, hold=P.hold_point(marker))
     P.run_hooks(configs)
