@@ -22,11 +22,15 @@ def _rows(tmp_path, n: int = 4, no_latency: int = 2) -> list[dict]:
     for i in range(n):
         rows.append(dict(model_id=f"m{i}", backbone=("efficient_isp", "robust_isp")[i % 2], mode="unpaired",
                          params=3060, macs=1_580_000_000 + i * 100_000_000, macs_size="1088x1920", psnr=20.0 + i,
-                         lpips=0.3 - 0.01 * i, lpips_weights="random", eval_split="test", n_test_images=16,
-                         latency=[{"target": "cpu", "runtime": "litert-xnnpack", "median_ms": 10.0 + i, "threads": 2,
-                                   "device": "AMD EPYC 9B45", "size": "1088x1920"}],
-                         latency_ms=10.0 + i, latency_target="cpu", artifacts={"tflite": str(tfl)},
-                         sha256={"tflite": "ab" * 32}))
+                         lpips=0.3 - 0.01 * i, lpips_weights="random", data_format="mai2022", data_root="/d/mai",
+                         eval_split="test", n_test_images=16, data_fingerprint="1a2b3c4d5e6f7a8b",
+                         latency=[{"target": "cpu", "runtime": "litert-xnnpack", "precision": "fp32",
+                                   "median_ms": 10.0 + i, "threads": 2, "host_cpu": "AMD EPYC 9B45",
+                                   "size": "1088x1920"}],
+                         latency_ms=10.0 + i, latency_target="cpu", latency_statistic="median",
+                         artifacts={"tflite": str(tfl)}, sha256={"tflite": "ab" * 32}, artifact_size="1088x1920",
+                         parity=[{"format": "tflite", "kind": "real", "psnr_db": 61.25, "max_lsb": 0.4,
+                                  "passed": True, "blocking": True}]))
     rows[no_latency].update(latency=[], latency_ms=None, latency_target=None)
     return rows
 
@@ -39,8 +43,9 @@ def test_report_formats_macs_sizes_and_context(tmp_path):
     rows = LB.read(p).to_pylist()
     text = render_html(rows, [False, False, False, True])
     assert "1.58 G @ 1088x1920" in text and "1580000000" not in text
-    assert "8.19 KB (tflite)" in text and "abababababababab" in text
-    assert "cpu, litert-xnnpack, AMD EPYC 9B45, 2 threads, 1088x1920" in text and "test · 16 images" in text
+    assert "8.19 KB (tflite, 1088x1920)" in text and "abababababababab" in text  # size from the file itself
+    assert "cpu, litert-xnnpack, fp32, AMD EPYC 9B45, 2 threads, 1088x1920" in text and "10 (median)" in text
+    assert "mai2022 · /d/mai · test · 16 images · 1a2b3c4d5e6f7a8b" in text and "<td>61.25</td>" in text
     assert text.count("<tr class=") == 4  # the models table; the other tables are plain
 
 

@@ -25,7 +25,8 @@ COLUMNS = ("model_id", "backbone", "mode", "search_id", "trial_id", "params", "m
 # Shown in their own columns or tables, never again under "Context".
 _SHOWN = {"model_id", "backbone", "mode", "params", "macs", "macs_size", "psnr", "ssim", "ms_ssim", "lpips",
           "lpips_weights", "dists", "latency_ms", "mai_score", "latency", "artifacts", "sha256", "sample_crop",
-          "target_crop", "config", "created"}
+          "target_crop", "config", "created", "parity", "artifact_bytes", "artifact_size", "latency_statistic",
+          "mai_target", "data_format", "data_root", "eval_split", "n_test_images", "data_fingerprint"}
 _DATA_KEYS = ("data_format", "data_name", "dataset", "data_root", "data_split", "eval_split", "n_test_images",
               "data_n_images", "data_fingerprint")
 NO_LATENCY_STRIP = "#fde2c7"  # the strip's fill (the Chromium test looks for it)
@@ -85,10 +86,11 @@ def artifact_sizes(row: dict) -> dict[str, int]:
 
 def _deployed_size(row: dict) -> str:
     sizes = artifact_sizes(row)
+    at = f", {html.escape(str(row['artifact_size']))}" if row.get("artifact_size") else ""
     for fmt in ("tflite_fp16", "tflite", "tflite_fp32"):  # the file a phone runs (fp16 on its GPU)
         if fmt in sizes:
-            return f"{fmt_bytes(sizes[fmt])} ({fmt})"
-    return next((f"{fmt_bytes(v)} ({k})" for k, v in sizes.items()), "–")
+            return f"{fmt_bytes(sizes[fmt])} ({fmt}{at})"
+    return next((f"{fmt_bytes(v)} ({k}{at})" for k, v in sizes.items()), "–")
 
 
 def _data_label(row: dict) -> str:
@@ -113,6 +115,10 @@ def _latency_label(row: dict) -> str:
     parts += [f"{e[k]} threads" if k == "threads" else str(e[k]) for k in keys[1:] if e.get(k) not in (None, "")]
     parts = [p for p in dict.fromkeys(parts) if p]
     return html.escape(", ".join(parts)) if parts else "–"
+
+
+def _paren(v) -> str:
+    return f" ({html.escape(str(v))})" if v not in (None, "") else ""
 
 
 def _present(rows: list[dict], key: str) -> bool:
@@ -211,8 +217,10 @@ def render_html(rows: list[dict], front: list[bool], title: str = "isp-search le
         if _present(rows, key):
             main.append((name, lambda i, r, k=key: _fmt(r.get(k)) + (
                 f" ({html.escape(r['lpips_weights'])})" if k == "lpips" and r.get("lpips_weights") else "")))
-    main += [("data set", lambda i, r: _data_label(r)), ("latency ms", lambda i, r: _fmt(r.get("latency_ms"))),
-             ("latency of", lambda i, r: _latency_label(r)), ("MAI score", lambda i, r: _fmt(r.get("mai_score"))),
+    main += [("data set", lambda i, r: _data_label(r)),
+             ("latency ms", lambda i, r: _fmt(r.get("latency_ms")) + _paren(r.get("latency_statistic"))),
+             ("latency of", lambda i, r: _latency_label(r)),
+             ("MAI score", lambda i, r: _fmt(r.get("mai_score")) + _paren(r.get("mai_target"))),
              ("deployed file", lambda i, r: _deployed_size(r))]
     head = "".join(f"<th>{h}</th>" for h, _ in main)
     body = "".join(f"<tr class='{'front' if front[i] else ''}' id='row-{i}'>"
@@ -229,7 +237,8 @@ Point numbers in the plot are the # column.</p>{_random_note() if random_note el
 <div id="pareto">{plot}</div>
 <h2>Models</h2><div style="overflow-x:auto"><table id="models"><thead><tr>{head}</tr></thead>
 <tbody>{body}</tbody></table></div>
-<h2>Latency</h2>{_latency_table(rows)}
+<h2>Latency</h2>{_entries_table(rows, "latency", "no latency measured")}
+<h2>Parity of the deployed files against PyTorch</h2>{_entries_table(rows, "parity", "not recorded")}
 <h2>Deployed files</h2>{_artifact_table(rows)}
 <h2>Context</h2>{_context_table(rows)}
 <h2>Sample crops</h2>{_crops(rows) or '<p>none</p>'}
@@ -241,15 +250,17 @@ def _random_note() -> str:
             "(no pretrained weights available): compare those numbers only with each other.</p>")
 
 
-def _latency_table(rows: list[dict]) -> str:
-    entries = [(i, e) for i, r in enumerate(rows) for e in (r.get("latency") or []) if e]
+def _entries_table(rows: list[dict], key: str, empty: str) -> str:
+    """One line per entry of a list-of-structs column (latency, parity), with the fields any entry has."""
+    entries = [(i, e) for i, r in enumerate(rows) for e in (r.get(key) or []) if e]
     if not entries:
-        return "<p>no latency measured</p>"
+        return f"<p>{empty}</p>"
     keys = list(dict.fromkeys(k for _, e in entries for k, v in e.items() if v is not None))
     head = "<th>#</th>" + "".join(f"<th>{html.escape(k)}</th>" for k in keys)
     body = "".join(f"<tr><td>{i + 1}</td>" + "".join(f"<td>{_fmt(e.get(k))}</td>" for k in keys) + "</tr>"
                    for i, e in entries)
-    return f"<table id='latency'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    table = f"<table id='{key}'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f"<div style='overflow-x:auto'>{table}</div>"
 
 
 def _artifact_table(rows: list[dict]) -> str:
