@@ -46,6 +46,9 @@ CASES = {
     "out-of-range float in a point": (("{optim.d_color_lr: 1.0e-5,", "{optim.d_color_lr: 0.5,"),
                                       (r"space\.yaml:10: search\.points_to_evaluate\[0\]\.optim\.d_color_lr: 0\.5 "
                                        r"is outside \[1e-06, 0\.0001\]; fix: ")),
+    "init_from without a checkpoint": (("data.synthetic: false", "data.synthetic: false, model.init_from: {tmp}"),
+                                       (r"space\.yaml:4: base\.overrides\.model\.init_from: .* a run folder needs "
+                                        r"checkpoints/best\.pt or checkpoints/last\.pt; found neither; fix: ")),
     "max_t too small": (("grace_period: 1}", "grace_period: 1, max_t: 2}"),
                         r"space\.yaml:12: scheduler\.max_t: 2 is at or below the 2 evaluations of each trial: .*; fix: max_t: 3"),
 }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -30,21 +31,23 @@ def head():
 
 
 def write_space(tmp: Path, *, samples: int, steps: int = 4, points: list[dict] | None = None,
-                top_k: int = 0, resources: str = "{cpu: 1}", extra_space: str = "") -> Path:
+                top_k: int = 0, resources: str = "{cpu: 1}", extra_space: str = "", storage: str | None = None,
+                overrides: str = "") -> Path:
     """A smoke search space: ``steps`` training steps, evaluated and checkpointed every step."""
     pts = json.dumps(points or [{"optim.d_color_lr": 1e-5}])
+    storage = storage or str(tmp / "exp")
     text = f"""\
 name: t
 base:
   config: {SMOKE_CFG}
-  overrides: {{{STEPS}: {steps}, {EVAL_EVERY}: 1}}
+  overrides: {{{STEPS}: {steps}, {EVAL_EVERY}: 1{overrides}}}
 space:
   optim.d_color_lr: {{type: float, low: 1e-6, high: 1e-4, log: true}}
 {extra_space}search: {{sampler: tpe, seed: 0, num_samples: {samples}, max_concurrent: 1, max_failures: 3,
          points_to_evaluate: {pts}}}
 scheduler: {{type: none}}
 resources: {resources}
-storage: {{path: {tmp / 'exp'}}}
+storage: {{path: {storage}}}
 export: {{top_k: {top_k}, formats: [tflite], size: [32, 32], bench_size: [32, 32], runs: 2, threads: 1,
          results: {tmp / 'results'}}}
 """
@@ -53,8 +56,9 @@ export: {{top_k: {top_k}, formats: [tflite], size: [32, 32], bench_size: [32, 32
     return p
 
 
-def driver(space: Path, *args: str, address: str | None = None, log: Path) -> subprocess.Popen:
-    env = {**ENV, **({"RAY_ADDRESS": address} if address else {})}
+def driver(space: Path, *args: str, address: str | None = None, log: Path, env: dict | None = None
+           ) -> subprocess.Popen:
+    env = {**ENV, **({"RAY_ADDRESS": address} if address else {}), **(env or {})}
     return subprocess.Popen([str(BIN / "isp-search"), "search", str(space), *args], env=env, cwd=space.parent,
                             stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -90,7 +94,7 @@ def wait_for(pred, timeout: float, what: str, proc: subprocess.Popen | None = No
 def test_job_submit_search_with_a_diverging_trial(head, tmp_path):
     """`ray job submit` against a real head: 3 trials, the second forced to diverge (a huge generator learning
     rate): it is FAIL with its reason, the others COMPLETE, and the Pareto trial's row lands in the leaderboard
-    with the search and trial ids."""
+    with the search and trial ids; a `--resume` of the finished search does not add the row twice."""
     points = [{"optim.d_color_lr": 1e-5, G_LR: 5e-4}, {"optim.d_color_lr": 2e-6, G_LR: 1e12},
               {"optim.d_color_lr": 3e-5, G_LR: 5e-4}]
     space = write_space(tmp_path, samples=3, top_k=1, points=points,
@@ -99,7 +103,7 @@ def test_job_submit_search_with_a_diverging_trial(head, tmp_path):
     job = subprocess.run(
         [str(BIN / "ray"), "job", "submit", f"--address=http://127.0.0.1:{head.dash}", "--", str(BIN / "isp-search"),
          "search", str(space), "--name", "job1"],
-        env=ENV, capture_output=True, text=True, timeout=420, cwd=tmp_path)
+        env=ENV, capture_output=True, text=True, timeout=420, cwd=tmp_path, check=False)
     out = job.stdout + job.stderr
     assert job.returncode == 0, out[-5000:]
     assert "succeeded" in out and "Pareto-optimal trials" in out and "leaderboard.html" in out, out[-3000:]
@@ -114,32 +118,109 @@ def test_job_submit_search_with_a_diverging_trial(head, tmp_path):
     assert (tmp_path / "results" / "leaderboard.html").is_file()
     assert (tmp_path / "results" / "job1" / "plots" / "pareto_front.png").is_file()
     print(f"job submit search: {time.time() - t0:.0f} s")
+    # re-export after --resume of the finished search: the row is keyed by model id, not added again
+    log = tmp_path / "again.log"
+    assert driver(space, "--name", "job1", "--resume", address=head.address, log=log).wait(timeout=300) == 0
+    assert "already on the leaderboard" in log.read_text(), log.read_text()[-3000:]
+    assert len(read(tmp_path / "results" / "leaderboard.parquet")) == 1
 
 
-def test_driver_killed_then_resume(head, tmp_path):
-    """SIGKILL the driver mid-search; --resume finishes it and every trial appears exactly once."""
-    space = write_space(tmp_path, samples=3, steps=6)
+def final_states(exp_dir: Path) -> dict[str, str]:
+    """Ray trial id -> its final Optuna state (a re-run's retry trial replaces the one it retries)."""
+    from isp_search.search.reconcile import RAY_TRIAL_ATTR, final_trials
+    from isp_search.search.searcher import load_study
+
+    meta = json.loads((exp_dir / "isp_search.json").read_text())
+    study = load_study(meta["study_name"], meta["optuna_storage"])
+    rows = [(t.user_attrs.get(RAY_TRIAL_ATTR), t.state.name) for t in final_trials(study)]
+    assert len({r for r, _ in rows}) == len(rows), rows  # every Ray trial exactly once
+    return dict(rows)
+
+
+def any_complete(exp_dir: Path) -> bool:
+    try:
+        return any(t.state.name == "COMPLETE" for t in study_trials(exp_dir))
+    except (FileNotFoundError, OSError, ValueError, KeyError):  # the journal is not written yet
+        return False
+
+
+def test_driver_killed_right_after_a_complete_trial_resume_extends(head, tmp_path):
+    """Object-store-like storage (file://, the journal on the driver and mirrored): the driver is SIGKILLed the
+    moment the first trial is COMPLETE in the Optuna journal, before Ray snapshots it (snapshots only when forced);
+    `--resume --num-samples 3` replays that trial (not re-told, not re-trained), takes over any Optuna trial asked
+    before the kill, runs the rest, and ends with 3 trials, each exactly once COMPLETE, no traceback."""
+    space = write_space(tmp_path, samples=2, steps=3, storage=f"file://{tmp_path / 'exp'}")
     exp = tmp_path / "exp" / "r1"
+    home = {"HOME": str(tmp_path / "home")}  # the local journal goes to ~/.cache/isp-search/optuna
     log = tmp_path / "first.log"
-    p = driver(space, "--name", "r1", address=head.address, log=log)
-    # kill once one trial is done and the next has checkpointed
-    wait_for(lambda: sum(1 for r in ray_trials(exp).values() if r.get("final")) >= 1
-             and sum(1 for r in ray_trials(exp).values() if not r.get("final") and r.get("step")) >= 1,
-             240, "a finished and a running trial", p, log)
+    p = driver(space, "--name", "r1", address=head.address, log=log, env={**home, "TUNE_GLOBAL_CHECKPOINT_S": "3600"})
+    wait_for(lambda: any_complete(exp), 300, "a COMPLETE trial in the Optuna journal", p, log)
     os.killpg(p.pid, signal.SIGKILL)
     p.wait(timeout=30)
-    before = ray_trials(exp)
     log2 = tmp_path / "resume.log"
-    p2 = driver(space, "--name", "r1", "--resume", address=head.address, log=log2)
-    assert p2.wait(timeout=300) == 0, log2.read_text()[-4000:]
+    p2 = driver(space, "--name", "r1", "--resume", "--num-samples", "3", address=head.address, log=log2, env=home)
+    assert p2.wait(timeout=420) == 0, log2.read_text()[-4000:]
+    out = log2.read_text()
+    assert "Traceback" not in out and "UpdateFinishedTrialError" not in out, out[-4000:]
+    assert "extended from 2 to 3 trials" in out and "already final in the Optuna study" in out, out[-4000:]
     after = ray_trials(exp)
-    assert set(before) <= set(after) and len(after) == 3, (before, after)
-    assert all(r.get("final") and r.get("trial_status") == "completed" for r in after.values()), after
-    trials = study_trials(exp)
-    complete = [t.user_attrs["ray_trial_id"] for t in trials if t.state.name == "COMPLETE"]
-    assert sorted(complete) == sorted(after)  # each Ray trial exactly once in the study
-    for t in trials:  # anything else is an Optuna trial asked just before the kill, closed as such
-        assert t.state.name == "COMPLETE" or "orphaned" in t.user_attrs.get("fail_reason", ""), t
+    assert len(after) == 3 and all(r.get("final") and r.get("trial_status") == "completed" for r in after.values())
+    assert sum(1 for r in after.values() if r.get("reconciled")) == 1, after  # replayed, not trained again
+    assert final_states(exp) == {rid: "COMPLETE" for rid in after}
+    assert len(study_trials(exp)) == 3  # nothing orphaned, nothing told twice
+    meta = json.loads((exp / "isp_search.json").read_text())
+    assert (exp / "optuna.journal").read_bytes() == Path(meta["optuna_storage"]).read_bytes()  # mirrored
+
+
+def test_errored_trial_fixed_then_resumed_ends_complete(head, tmp_path):
+    """A deterministic error only a trial can meet (model.init_from is a corrupt checkpoint file): the trial fails
+    once (not retried), Optuna keeps the real cause as fail_reason, the table shows it and the search exits 1. The
+    file is replaced; `--resume` re-runs the trial: COMPLETE in Optuna (a retry of the FAIL trial), on the Pareto
+    front."""
+    init = tmp_path / "init.pt"
+    init.write_bytes(b"not a checkpoint")
+    space = write_space(tmp_path, samples=1, steps=2, overrides=f", model.init_from: {init}")
+    exp = tmp_path / "exp" / "e1"
+    log = tmp_path / "error.log"
+    p = driver(space, "--name", "e1", address=head.address, log=log)
+    assert p.wait(timeout=300) == 1, log.read_text()[-4000:]
+    (t,) = study_trials(exp)
+    reason = t.user_attrs["fail_reason"]
+    assert t.state.name == "FAIL" and reason.startswith(f"{init}: not a readable PyTorch checkpoint"), t
+    assert f"failed trial #0 {t.user_attrs['ray_trial_id']}: {init}: not a readable" in log.read_text()
+    (trial_dir,) = exp.glob("trial_*")
+    assert (trial_dir / "error.txt").read_text().count("Failure #") == 1  # deterministic: not retried
+    from isp_search.models import create_generator, spec_for
+    from isp_search.models.checkpoint import save_generator
+
+    save_generator(init, create_generator("efficient_isp"), "efficient_isp", spec_for("efficient_isp").preset)
+    log2 = tmp_path / "fixed.log"
+    p2 = driver(space, "--name", "e1", "--resume", address=head.address, log=log2)
+    assert p2.wait(timeout=300) == 0, log2.read_text()[-4000:]
+    assert final_states(exp) == {t.user_attrs["ray_trial_id"]: "COMPLETE"}
+    old, retry = study_trials(exp)
+    assert old.state.name == "FAIL" and retry.user_attrs["retry_of"] == old.number and retry.params == old.params
+    out = log2.read_text()
+    assert "(1 COMPLETE)" in out and "failed trial" not in out, out[-3000:]  # the superseded FAIL is not listed
+    pareto = out[out.index("Pareto-optimal trials"):]
+    assert f"\n1  {t.user_attrs['ray_trial_id']}" in pareto, pareto  # Optuna trial #1 on the Pareto front
+
+
+def test_preflight_refuses_before_anything_starts(head, tmp_path):
+    """`isp-search search` on a cluster: a missing data root and a GPU the cluster lacks are both listed, one line
+    each with file, key and fix, exit 2, and nothing is started (no experiment folder, no Optuna study)."""
+    space = write_space(tmp_path, samples=1, resources="{cpu: 1, gpu: 1}",
+                        overrides=f", data.root: {tmp_path / 'nowhere'}, data.synthetic: false")
+    r = subprocess.run([str(BIN / "isp-search"), "search", str(space), "--name", "p1"], capture_output=True,
+                       text=True, env={**ENV, "RAY_ADDRESS": head.address}, cwd=tmp_path, timeout=300, check=False)
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-3000:]
+    err = r.stderr.strip().splitlines()
+    lines = err[err.index("isp-search: error: preflight: 2 problem(s), nothing was started:") + 1:]
+    assert len(lines) == 2, r.stderr
+    assert re.search(r"space\.yaml:4: base\.overrides\.data\.root: no such folder .*/nowhere; fix: ", lines[0])
+    assert re.search(r"space\.yaml:\d+: resources\.gpu: a trial asks for 1 GPU but the cluster has 0 in all; fix: ",
+                     lines[1])
+    assert not (tmp_path / "exp").exists() and "Traceback" not in r.stderr
 
 
 def test_worker_node_killed_trial_continues_from_checkpoint(head, tmp_path):

@@ -114,14 +114,25 @@ def config_problems(cfg: Any, pretrained_init: bool, memo: dict | None = None) -
     init = cfg.model.init_from
     if pretrained_init:
         pass  # the pretrain stage sets model.init_from for every trial
-    elif init and "://" not in init and not Path(init).exists():
-        out.append(("model.init_from", (f"no such run folder or checkpoint {init}; fix: point it at the pretrain "
-                                        "run (on storage every node sees) or add a pretrain: section to the space")))
+    elif init and "://" not in init and (missing := _init_problem(init)):
+        out.append(("model.init_from", (f"{missing}; fix: point it at the pretrain run (on storage every node "
+                                        "sees) or add a pretrain: section to the space")))
     elif cfg.mode in GAN_MODES and not init and not getattr(cfg.model, "allow_scratch", False):
         out.append(("model.init_from", (f"the {cfg.mode} (GAN) stage would start from a random generator; fix: add "
                                         "a pretrain: section to the space, set model.init_from, or "
                                         "model.allow_scratch: true")))
     return out
+
+
+def _init_problem(init: str) -> str | None:
+    """Why ``model.init_from`` cannot be loaded from (a run folder needs a checkpoint in it), else None."""
+    from isp_search.models.checkpoint import resolve_checkpoint_path
+
+    try:
+        resolve_checkpoint_path(init)
+    except UserError as e:
+        return str(e)
+    return None
 
 
 def data_problems(cfg: Any, memo: dict | None = None) -> list[tuple[str, str]]:
@@ -187,7 +198,9 @@ def scheduler_problems(space: SearchSpace, base_evals: int, evals: dict[str, int
     if s.type != "asha":
         return []
     max_t = s.max_t or base_evals + 1
-    worst_label, worst = max(evals.items(), key=lambda kv: kv[1]) if evals else ("the base config", base_evals)
+    worst_label, worst = max(evals.items(), key=lambda kv: kv[1]) if evals else ("", base_evals)
+    worst_label = "each trial" if worst <= base_evals else worst_label  # else: the choice that evaluates most
+    worst = max(worst, base_evals)
     if max_t > worst:
         return []
     given = f"{max_t}" if s.max_t else f"the default {max_t} (base evaluations + 1)"
