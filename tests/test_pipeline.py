@@ -203,3 +203,16 @@ def test_reference_cache_found_from_a_copy_at_another_path(tmp_path):
     changed = Path(again[0].paths[0])
     changed.write_bytes(changed.read_bytes() + b"\0")  # other bytes (same path, new mtime) -> another store
     assert content_key(again[0].paths, "menon2007", ReferenceLook(), None, tmp_path / "cache") != first[0].key
+
+
+def test_gan_stage_from_a_random_generator_is_refused(tmp_path, capsys):
+    """A paired/unpaired config without model.init_from stops at once, one line naming the fix; the smoke configs
+    say model.allow_scratch: true and train."""
+    from isp_search.cli import main
+
+    cfg = ROOT / "configs" / "smoke_unpaired.yaml"
+    code = main(["train", str(cfg), "--set", "model.allow_scratch=false", "--run-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "model.init_from" in err and "model.allow_scratch: true" in err and "pretrain" in err
+    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before anything was written
