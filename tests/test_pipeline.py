@@ -216,3 +216,25 @@ def test_gan_stage_from_a_random_generator_is_refused(tmp_path, capsys):
     assert code == 2 and len(err.splitlines()) == 1, err
     assert "model.init_from" in err and "model.allow_scratch: true" in err and "pretrain" in err
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before anything was written
+
+
+def test_object_store_run_folder_is_uploaded_without_checkpoints(tmp_path):
+    """With an object-store experiment (here file://, the same pyarrow.fs path as s3://) a trial writes its run
+    folder locally and uploads it after each evaluation; checkpoints travel through Ray, not twice."""
+    from isp_search.search.trainable import trial_run_dir, upload_run
+
+    local, uri = trial_run_dir(f"file://{tmp_path}/bucket/exp", "abc", str(tmp_path / "worker"))
+    assert local == tmp_path / "worker" / "run" and uri == f"file://{tmp_path}/bucket/exp/trial_abc/run"
+    assert trial_run_dir(str(tmp_path / "nfs" / "exp"), "abc", "/x") == (tmp_path / "nfs" / "exp" / "trial_abc" / "run",
+                                                                         None)
+    for rel, data in (("metrics.jsonl", b"{}\n"), ("tb/events.out.tfevents.1", b"e"), ("samples/step_000001.png", b"p"),
+                      ("checkpoints/last.pt", b"big")):
+        (local / rel).parent.mkdir(parents=True, exist_ok=True)
+        (local / rel).write_bytes(data)
+    upload_run(local, uri)
+    (local / "metrics.jsonl").write_bytes(b"{}\n{}\n")  # logs grow: copied again
+    upload_run(local, uri)
+    up = tmp_path / "bucket" / "exp" / "trial_abc" / "run"
+    assert sorted(str(p.relative_to(up)) for p in up.rglob("*") if p.is_file()) == [
+        "metrics.jsonl", "samples/step_000001.png", "tb/events.out.tfevents.1"]
+    assert (up / "metrics.jsonl").read_bytes() == b"{}\n{}\n"
