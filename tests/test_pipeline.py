@@ -141,6 +141,9 @@ def test_study_killed_in_prepare_and_in_pretrain_then_resumed(cluster, tmp_path)
     assert "succeeded" in out and "Pareto-optimal trials" in out, out[-3000:]
     assert "Traceback" not in out, out[-5000:]
     assert "(resuming)" in out and json.loads((pre_dir / "summary.json").read_text())["step"] == 4
+    steps = [json.loads(line)["step"] for line in (pre_dir / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["kind"] == "train"]
+    assert steps == [1, 2, 3, 4], steps  # continued from its step-2 checkpoint, not restarted
 
     # every trial exactly once, COMPLETE
     meta = json.loads((exp / "isp_search.json").read_text())
