@@ -92,7 +92,7 @@ def find_experiment(space: SearchSpace, name: str | None) -> Experiment:
 
 def smoke_space(space: SearchSpace) -> SearchSpace:
     """``--smoke-test``: the same space on the tiny CPU training config, two trials, one at a time."""
-    from isp_search.search.space import Base
+    from isp_search.search.space import Base, PretrainCfg
 
     smoke_cfg = Path(__file__).resolve().parents[2] / "configs" / "smoke_unpaired.yaml"
     if not smoke_cfg.is_file():
@@ -100,6 +100,7 @@ def smoke_space(space: SearchSpace) -> SearchSpace:
     return replace(
         space,
         base=Base(config=str(smoke_cfg)),
+        pretrain=PretrainCfg(),  # the smoke config trains from random on purpose (model.allow_scratch)
         search=replace(space.search, num_samples=2, max_concurrent=1, points_to_evaluate=space.search.points_to_evaluate[:1]),
         scheduler=SchedulerCfg(type="none", metric=space.scheduler.metric, mode=space.scheduler.mode),
         resources=Resources(cpu=1.0),
