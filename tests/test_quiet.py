@@ -1,0 +1,123 @@
+"""A quiet console: no TensorFlow / absl / oneDNN / CUDA-stub / TFLite log line in what `export`, `bench`,
+`leaderboard add` and a Ray worker print, and progress as plain lines when the output is not a terminal."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from isp_search.models import create_generator, spec_for
+from isp_search.models.checkpoint import save_generator
+from isp_search.progress import Progress
+
+# Lines these libraries printed on this machine before quiet.py (TF 2.21, LiteRT 2.3, onnx2tf 1.29): our own
+# list, not quiet.NOISE, so loosening that filter turns these tests red.
+SEEN_NOISE = ("All log messages before absl::InitializeLog", "absl::", "oneDNN custom operations",
+              "TF_ENABLE_ONEDNN_OPTS", "cudart_stub", "cuda_", "Could not find cuda drivers", "cpu_feature_guard",
+              "This TensorFlow binary is optimized", "rebuild TensorFlow", "Unable to register cu",
+              "computation placer", "tensorflow/core", "Created TensorFlow Lite XNNPACK delegate", "fully_quantize:",
+              "I0000 ", "W0000 ", "E0000 ")
+
+
+def _env(**extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "ISP_SEARCH_VERBOSE")}
+    return env | {"PYTHONUNBUFFERED": "1"} | extra
+
+
+def _noise(text: str) -> list[str]:
+    return [line for line in text.splitlines() if any(p in line for p in SEEN_NOISE)]
+
+
+def _run(args: list[str], cwd, **env: str) -> str:
+    r = subprocess.run([sys.executable, "-m", "isp_search.cli", *args], capture_output=True, text=True, cwd=cwd,
+                       env=_env(**env), timeout=600)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    return out
+
+
+def test_the_noise_is_real_here():
+    """The control: with the filter off, importing TensorFlow prints the lines the other tests look for."""
+    r = subprocess.run([sys.executable, "-c", "import isp_search, tensorflow"], capture_output=True, text=True,
+                       env=_env(ISP_SEARCH_VERBOSE="1"), timeout=300)
+    assert r.returncode == 0 and _noise(r.stderr), r.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_export_bench_and_leaderboard_add_print_no_library_noise(tmp_path, synth_root):
+    torch.manual_seed(0)
+    ckpt = save_generator(tmp_path / "eff.pt", create_generator("efficient_isp"), "efficient_isp",
+                          spec_for("efficient_isp").preset)
+    out = _run(["export", str(ckpt), "--out", str(tmp_path / "ex"), "--size", "32x32", "--formats",
+                "onnx,tflite,tflite_int8", "--calib-data", str(synth_root)], tmp_path)
+    assert "parity/tflite" in out and not _noise(out), _noise(out)
+    out = _run(["bench", str(tmp_path / "ex"), "--runs", "2", "--warmup", "1"], tmp_path)
+    assert "litert-xnnpack" in out and not _noise(out), _noise(out)
+    out = _run(["leaderboard", "add", "--weights", str(ckpt), "--data", str(synth_root), "--size", "32x32",
+                "--runs", "2", "--backbone-weights", "random", "--path", str(tmp_path / "lb.parquet"),
+                "--out", str(tmp_path / "add")], tmp_path)
+    assert "added" in out and not _noise(out), _noise(out)
+
+
+_RAY_DRIVER = textwrap.dedent("""
+    import sys
+    import ray
+    from isp_search.search.tuner import connect
+
+    connect(sys.argv[1])
+
+    @ray.remote
+    def load_tensorflow(tflite):  # pickled by value: the worker imports TensorFlow before any isp_search code
+        import tensorflow
+        from ai_edge_litert.interpreter import Interpreter
+        Interpreter(model_path=tflite).allocate_tensors()
+        print("worker-loaded-tf", tensorflow.__version__, flush=True)
+
+    ray.get(load_tensorflow.remote(sys.argv[2]))
+    import time; time.sleep(2)  # let the worker's lines reach the driver
+""")
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_ray_worker_prints_no_library_noise(tmp_path):
+    sys.path.insert(0, os.path.dirname(__file__))
+    from raycluster import ENV, Head
+
+    from isp_search.export.onnx_export import export_onnx
+    from isp_search.export.tflite_export import convert
+
+    model = create_generator("efficient_isp")
+    export_onnx(model, spec_for("efficient_isp"), tmp_path / "m.onnx", 16, 16)
+    tflite = convert(tmp_path / "m.onnx", tmp_path)["tflite"]
+    head = Head()
+    try:
+        env = {k: v for k, v in ENV.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+        r = subprocess.run([sys.executable, "-c", _RAY_DRIVER, head.address, str(tflite)], capture_output=True,
+                           text=True, env=env, timeout=300, cwd=tmp_path)
+    finally:
+        head.stop()
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    assert "worker-loaded-tf" in out and not _noise(out), _noise(out)
+
+
+def test_progress_is_plain_lines_off_a_terminal():
+    buf = io.StringIO()  # not a tty: no bar, no carriage returns
+    bar = Progress(10, "train", unit="step", every_s=0.0, stream=buf)
+    for _ in range(10):
+        bar.update(1)
+    bar.set_postfix(loss="0.5")
+    bar.close()
+    lines = buf.getvalue().splitlines()
+    assert "\r" not in buf.getvalue() and lines[0].startswith("train: 1/10 step (10%)")
+    assert lines[-1].startswith("train: 10/10 step (100%)") and lines[-1].endswith("loss 0.5") and len(lines) == 10
+    quiet = io.StringIO()
+    Progress(10, "train", stream=quiet, enabled=False).close()
+    assert quiet.getvalue() == ""
