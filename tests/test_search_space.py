@@ -203,3 +203,18 @@ def test_journal_mirror_push_and_pull(tmp_path):
     assert journal.pull(str(other), uri) and other.read_text() == "one\ntwo\n"
     other.write_text("one\ntwo\nthree\n")  # the local copy has more: kept
     assert not journal.pull(str(other), uri) and other.read_text().endswith("three\n")
+
+
+def test_searcher_takes_over_a_trial_asked_before_a_kill(tmp_path, monkeypatch):
+    """The driver died after Optuna asked a trial but before Ray saved any state: the searcher made again for the
+    same study hands that trial (its parameters) to the next Ray trial instead of asking a new one, and does not
+    enqueue the points to evaluate twice."""
+    from isp_search.search.searcher import make_searcher
+
+    monkeypatch.chdir(tmp_path)
+    space = load_space(write(tmp_path, SPACE))
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    first = make_searcher(space, "s1", url, "e1").suggest("ray-a")
+    again = make_searcher(space, "s1", url, "e1").suggest("ray-b")
+    (t,) = optuna.load_study(study_name="s1", storage=url).trials
+    assert again == first and t.state == TrialState.RUNNING and t.user_attrs["ray_trial_id"] == "ray-b"

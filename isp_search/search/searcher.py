@@ -175,18 +175,28 @@ class IspOptunaSearch(OptunaSearch):
 
 
 def make_searcher(space: SearchSpace, study_name: str, storage: str, experiment: str) -> IspOptunaSearch:
-    """The searcher for ``space``: multi-objective metric/mode lists, the paper's defaults enqueued first."""
-    return IspOptunaSearch(
+    """The searcher for ``space``: multi-objective metric/mode lists, the paper's defaults enqueued first.
+
+    A study that already has trials (the driver was killed after asking one but before Ray saved any state) is
+    continued: its points are not enqueued twice and its RUNNING trials are taken over by the first Ray trials."""
+    backend = make_storage(storage)
+    try:
+        existing = optuna.load_study(study_name=study_name, storage=backend).get_trials(deepcopy=False)
+    except KeyError:  # a new study
+        existing = []
+    searcher = IspOptunaSearch(
         space=define_by_run(space),
         metric=space.metric_names,
         mode=space.modes,
-        points_to_evaluate=[dict(p) for p in space.search.points_to_evaluate] or None,
+        points_to_evaluate=None if existing else [dict(p) for p in space.search.points_to_evaluate] or None,
         sampler=make_sampler(space),
         study_name=study_name,
-        storage=make_storage(storage),
+        storage=backend,
         experiment=experiment,
         journal_files=(storage, journal.mirror_uri(space.storage.path, experiment, storage)),
     )
+    searcher._orphans = [t._trial_id for t in existing if t.state == TrialState.RUNNING]
+    return searcher
 
 
 def load_study(study_name: str, storage: str) -> optuna.Study:
