@@ -85,7 +85,13 @@ def run(args: argparse.Namespace) -> int:
     if mobile:
         return _run_mobile(args, tflite)
     res = B.bench_tflite(tflite, args.threads, args.runs, args.warmup)
+    res["precision"] = _precision(tflite)
     others = []
+    if tflite.name == "model_fp32.tflite":  # the export folder's other LiteRT files, side by side
+        for sibling in (tflite.with_name("model_fp16.tflite"), tflite.with_name("model_int8.tflite")):
+            if sibling.is_file():
+                others.append(B.bench_tflite(sibling, args.threads, args.runs, args.warmup)
+                              | {"precision": _precision(sibling)})
     if onnx is not None and Path(onnx).is_file():
         others.append(B.bench_onnx(onnx, args.threads, args.runs, args.warmup))
     if loaded is None and src.is_dir():
@@ -102,14 +108,28 @@ def run(args: argparse.Namespace) -> int:
         shape = tuple(res["input_shape"])
         nchw = (shape[0], shape[3], shape[1], shape[2])
         others.append(B.bench_torch(loaded.model, nchw, args.threads, args.runs, args.warmup))
+    from isp_search.export.floor import compute_floor
+
+    floor = compute_floor(tflite, args.threads)  # measured now, on the same threads, as the runtimes were
+    for r in [res] + others:
+        r["x_floor"] = r["median_ms"] / floor["floor_ms"]
     if args.json:
-        print(json.dumps({**res, "comparison": others}))
+        print(json.dumps({**res, "comparison": others, "floor": floor}))
     else:
-        print(f"input {res['input_shape']} (NHWC), {args.threads} threads, {args.runs} runs")
-        print(f"{'runtime':<16}{'median ms':>10}{'p10 ms':>10}{'p90 ms':>10}")
+        print(f"input {res['input_shape']} (NHWC), {args.threads} threads, {args.runs} runs, {res['host_cpu']}")
+        print(f"compute floor {floor['floor_ms']:.2f} ms = 2 x {floor['macs'] / 1e9:.3g} GMAC / "
+              f"{floor['gflops']:.0f} GFLOP/s ({floor['method']}, {floor['threads']} threads)")
+        print(f"{'runtime':<22}{'median ms':>10}{'p10 ms':>10}{'p90 ms':>10}{'x floor':>9}")
         for r in [res] + others:
-            print(f"{r['runtime']:<16}{r['median_ms']:>10.2f}{r['p10_ms']:>10.2f}{r['p90_ms']:>10.2f}")
+            name = r["runtime"] + (f" {r['precision']}" if r.get("precision") else "")
+            print(f"{name:<22}{r['median_ms']:>10.2f}{r['p10_ms']:>10.2f}{r['p90_ms']:>10.2f}{r['x_floor']:>9.2f}")
     return 0
+
+
+def _precision(tflite: Path) -> str:
+    """fp32 / fp16 / int8 from the export's file name (model_fp16.tflite), else the file's own name."""
+    stem = tflite.stem
+    return stem.split("_", 1)[1] if stem.startswith("model_") else stem
 
 
 def _run_mobile(args: argparse.Namespace, tflite: Path) -> int:
