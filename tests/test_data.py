@@ -138,7 +138,9 @@ def test_dataset_items_and_epoch_redraw(tmp_path):
     kw = dict(cache_dir=tmp_path / "cache", demosaicer="bilinear")
     ds = RawRGBDataset(root, "mai2022", "train", "efficient_isp", pairing="shuffled", **kw)
     item = ds[0]
-    assert set(item) == {"input", "raw", "reference", "target", "paired_target", "index"}
+    assert set(item) == {"input", "raw", "reference", "target", "index", "target_index"}  # unpaired: no own RGB
+    with_own = RawRGBDataset(root, "mai2022", "train", "efficient_isp", pairing="shuffled", paired_target=True, **kw)
+    assert set(with_own[0]) == set(item) | {"paired_target"}
     assert item["input"].shape == (4, 8, 8) and item["raw"].shape == (1, 16, 16)
     assert all(item[k].dtype == torch.float32 for k in ("input", "raw", "reference", "target"))
     assert 0 <= item["reference"].min() and item["reference"].max() <= 1

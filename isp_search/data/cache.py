@@ -108,9 +108,12 @@ class ReferenceStore:
         return len(self.shapes)
 
     def __getitem__(self, i: int) -> np.ndarray:
+        return (self.quantised(i).astype(np.float32) / np.float32(SCALE)).astype(np.float32)
+
+    def quantised(self, i: int) -> np.ndarray:
+        """Reference ``i`` as stored: a read-only uint16 (H, W, 3) view, x * 65535 (converted once, late)."""
         h, w = self.shapes[i]
-        flat = self._data[self.offsets[i] : self.offsets[i + 1]]  # type: ignore[index]
-        return (flat.reshape(h, w, 3).astype(np.float32) / np.float32(SCALE)).astype(np.float32)
+        return self._data[self.offsets[i] : self.offsets[i + 1]].reshape(h, w, 3)  # type: ignore[index]
 
     def __getstate__(self) -> dict:  # DataLoader workers re-open the map instead of pickling it
         return {"folder": self.folder}

@@ -61,6 +61,11 @@ class DataCfg:
     n_test: int | None = None  # carved test images (None: the format's default)
     workers: int = field(default=0, metadata=NONNEG)  # DataLoader worker processes
     eval_limit: int | None = field(default=None, metadata=POS)  # at most this many val/test images per evaluation
+    packed: Literal["auto", True, False] = "auto"
+    """Decoded images from a memory-mapped pack (isp_search.data.packed): auto uses one when it exists, true builds
+    a missing one (~2 B per RAW + 3 per RGB pixel on disk), false decodes the image files every time."""
+    cache_workers: int = field(default=0, metadata=NONNEG)
+    """Processes that build a missing reference cache or pack (0: one per CPU core)."""
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -27,6 +28,8 @@ from isp_search.train.losses import LOSSES
 from isp_search.train.step import FrozenNets, build_discriminators, discriminator_step, generator_step
 
 Report = Callable[[int, dict[str, Any], str], None]
+# The batch keys a training step reads: only these travel to the device (raw, paired_target, index stay behind).
+STEP_KEYS = frozenset({"input", "reference", "target"})
 GAN_MODES = ("paired", "unpaired")  # stages that need model.init_from (or model.allow_scratch)
 
 
@@ -52,7 +55,8 @@ def make_datasets(cfg: TrainConfig) -> dict[str, Any]:
         ensure_synthetic(d.root, d.format)
     common = dict(root=d.root, format=d.format, arch=cfg.model.arch, preset=cfg.model.preset,
                   demosaicer=d.demosaicer, look=ReferenceLook(), splits=d.splits, carve_seed=0, n_val=d.n_val,
-                  n_test=d.n_test, patch_size=d.patch_size)
+                  n_test=d.n_test, patch_size=d.patch_size, packed=d.packed, progress=cfg.train.progress,
+                  reference_workers=d.cache_workers or len(os.sched_getaffinity(0)))
     out = {"train": RawRGBDataset(split="train", pairing=cfg.pairing, augment=d.augment, seed=cfg.train.seed,
                                   **common)}
     for split in ("val", "test"):
@@ -181,7 +185,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, report: Report | None = None,
             batches = iter(loader())
             batch = next(batches)
         order.pos += 1
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        batch = {k: v.to(device, non_blocking=True) if k in STEP_KEYS else v for k, v in batch.items()}
         t1 = time.perf_counter()
         metrics, br = generator_step(gen, g_opt, batch, nets, discs, multipliers, content_lab, cfg.losses.dla,
                                      cfg.losses.dla_eps, autocast(), content_ref=cfg.content_vs_reference)
