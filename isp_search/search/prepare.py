@@ -27,6 +27,16 @@ SPLITS = ("train", "val", "test")
 HOOKS: list[Callable[[Any], None]] = []  # more preparation per training config, run after the references
 
 
+def _pack_hook(cfg: Any) -> None:
+    """Packs of decoded images for configs with ``data.packed: true`` (isp_search.data.packed)."""
+    from isp_search.commands.bench_data import pack_config
+
+    pack_config(cfg)
+
+
+HOOKS.append(_pack_hook)
+
+
 @dataclass
 class StoreJob:
     """One reference store: the files of one split under one demosaicer."""
