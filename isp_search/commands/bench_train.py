@@ -1,4 +1,5 @@
-"""``isp-search bench-train CONFIG [--steps N] [--json]``: time split, FLOPs and frozen backward passes per step."""
+"""``isp-search bench-train CONFIG [--steps N] [--against-naive] [--compare-cache] [--json]``: time split, FLOPs and
+frozen backward passes per step, beside the textbook DLA and with/without the real-feature cache."""
 
 from __future__ import annotations
 
@@ -8,17 +9,30 @@ import json
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "bench-train", help="profile a training step: time split, FLOPs vs the unavoidable floor, frozen backwards",
+        "bench-train", help="profile a training step: time split, FLOPs vs the floor and the textbook DLA",
         description="Runs a few training steps of CONFIG and reports the per-step time split (data wait, generator, "
-        "frozen forward, backward, D steps, optimizer), FLOPs per step (torch's FLOP counter), backward passes "
-        "through each frozen network per step, and the ratio of FLOPs to the floor (forward of each frozen network "
-        "on real and fake + one backward through the fake branch).")
+        "frozen forward, backward, optimizer, each D group at its real ratio 1/d_*_every), FLOPs per step (torch's "
+        "FLOP counter plus CPU attention), backward passes through each frozen network per step, and the ratio of "
+        "FLOPs to the floor (forward of each frozen network on real and fake + one backward through the fake "
+        "branch). Use --set backbone_weights=random where no pretrained files are installed.")
     p.add_argument("config", metavar="CONFIG", help="training YAML")
     p.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up step (default: 5)")
+    p.add_argument("--against-naive", action="store_true",
+                   help="also time the textbook DLA in the same run (per term a backward through its frozen "
+                   "network to the generator parameters, then one of the weighted total); prints naive_ratio")
+    p.add_argument("--compare-cache", action="store_true",
+                   help="time ours without and with features.cache_real (a temporary cache, filled first)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value (repeatable)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
+
+
+def _print_variant(name: str, v: dict) -> None:
+    print(f"{name}: {v['step_ms']:.1f} ms/step, {v['flops_per_step'] / 1e9:.3f} GFLOP/step, "
+          f"frozen backward passes {v['frozen_backward_passes']:g} {v['frozen_backward_passes_by_branch']}")
+    for k, ms in v["time_ms"].items():
+        print(f"  {k:15s} {ms:9.1f} ms")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,15 +42,24 @@ def run(args: argparse.Namespace) -> int:
 
     if args.steps < 1:
         raise UserError(f"--steps must be >= 1, got {args.steps}")
-    res = bench_train(load_train_config(args.config, args.overrides), args.steps)
+    res = bench_train(load_train_config(args.config, args.overrides), args.steps, args.against_naive,
+                      args.compare_cache)
     if args.json:
         print(json.dumps(res))
         return 0
-    print(f"{res['arch']} {res['config_mode']} on {res['device']}, batch {res['batch_size']}: "
-          f"{res['step_ms']:.1f} ms/step")
-    for k, v in res["time_ms"].items():
-        print(f"  {k:15s} {v:9.1f} ms")
-    print(f"  FLOPs/step {res['flops_per_step'] / 1e9:.3f} G, floor {res['floor_flops_per_step'] / 1e9:.3f} G, "
-          f"ratio {res['flops_ratio_to_floor']:.3f}")
-    print(f"  frozen backward passes per step: {res['frozen_backward_passes_by_branch']}")
+    print(f"{res['arch']} {res['config_mode']} on {res['device']}, batch {res['batch_size']}, D every "
+          f"{res['d_every']} (counted at that ratio), cache_real {res['cache_real']}")
+    _print_variant("ours", res)
+    print(f"  floor {res['floor_flops_per_step'] / 1e9:.3f} GFLOP, ratio to floor {res['flops_ratio_to_floor']:.3f}")
+    if "cache_real_variant" in res:
+        c = res["cache_real_variant"]
+        _print_variant("ours, features.cache_real", c)
+        print(f"  cache {c['cache_bytes'] / 2**20:.1f} MiB, filled in {c['cache_fill_s']:.1f} s; "
+              f"ms x{res['step_ms'] / c['step_ms']:.2f}, FLOPs x{res['flops_per_step'] / c['flops_per_step']:.2f} "
+              "fewer than without")
+    if "naive" in res:
+        _print_variant("naive (textbook DLA)", res["naive"])
+        print(f"naive_ratio {res['naive_ratio']:.3f} (ms), FLOPs ratio {res['naive_flops_ratio']:.3f}; frozen "
+              f"backward passes naive {res['naive']['frozen_backward_passes']:g} (terms {res['n_terms_with_branch']}"
+              f" + branches {res['n_branches']}), ours {res['frozen_backward_passes']:g}")
     return 0

@@ -1,40 +1,67 @@
-"""``bench_train(cfg, steps)``: where a training step's time and FLOPs go, against the unavoidable floor.
+"""``bench_train(cfg, steps)``: where a training step's time and FLOPs go, against the floor and the textbook DLA.
 
-Floor = for each frozen branch, its forward on the real and on the fake images plus one backward through the fake
-branch (the generator and discriminators are left out of the floor). FLOPs come from
-``torch.utils.flop_counter.FlopCounterMode``; backward passes through each frozen branch are counted with hooks.
+Every timed step runs the generator step and every discriminator group; ``step_ms`` (and ``flops_per_step``)
+count each D group at its real ratio (its time / its ``d_*_every``), so the D steps are inside the number at the
+paper's settings however few steps are timed. Floor = for each frozen branch, its forward on the real and on the
+fake images plus one backward through the fake branch. FLOPs come from ``torch.utils.flop_counter`` with CPU
+attention (SDPA) counted too; backward passes through each frozen branch are counted with hooks.
+
+``against_naive``: the textbook DLA timed beside ours in the same run, on the same batches — for every term a
+backward through its frozen network to the generator parameters (for its norm), then one backward of the weighted
+total (and D steps that recompute D(real)); ``naive_ratio`` = its ms per step / ours. ``compare_cache``: ours also
+with ``features.cache_real`` (a temporary cache, filled before timing).
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from collections import Counter
-from typing import Any
+from dataclasses import replace
+from typing import Any, Callable
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from isp_search.train.config import TrainConfig
-from isp_search.train.losses import LOSSES
+from isp_search.train.dla import global_norm
+from isp_search.train.losses import LOSSES, discriminator_loss
+from isp_search.train.real_cache import CACHED_BRANCHES, RealCache, open_real_cache
 from isp_search.train.step import (
-    BRANCH_NET, Branches, FrozenNets, build_discriminators, discriminator_step, generator_step,
+    BRANCH_NET, Branches, FrozenNets, build_discriminators, discriminator_step, generator_step, term_loss,
 )
 
+_aten = torch.ops.aten
 
-def _flops(fn) -> int:
-    with FlopCounterMode(display=False) as fc:
+
+def _sdpa_cpu(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query, key, value)
+
+
+def _sdpa_cpu_backward(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+# torch's counter knows the CUDA attention kernels but not the CPU one the ViT runs here
+ATTENTION_FLOPS = {_aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu,
+                   _aten._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_cpu_backward}
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    with FlopCounterMode(display=False, custom_mapping=ATTENTION_FLOPS) as fc:
         fn()
     return int(fc.get_total_flops())
 
 
 def floor_flops(nets: FrozenNets, batch: dict[str, torch.Tensor], y: torch.Tensor, branches: set[str],
-                content_lab: bool) -> dict[str, int]:
+                content_lab: bool, content_ref: bool | None = None) -> dict[str, int]:
     """Per branch: forward on real + forward on fake + one backward through the fake branch."""
     out = {}
     for b in sorted(branches):
         def work(b=b):
             leaf = y.detach().requires_grad_(True)
-            br = Branches(nets, leaf, batch, content_lab)
+            br = Branches(nets, leaf, batch, content_lab, content_ref=content_ref)
             if b in ("lpips", "dists"):  # pyiqa's module runs both images itself
                 net = getattr(nets, BRANCH_NET[b])
                 res = net(leaf, batch["target"], normalize=True) if b == "lpips" else net(leaf, batch["target"])
@@ -44,83 +71,196 @@ def floor_flops(nets: FrozenNets, batch: dict[str, torch.Tensor], y: torch.Tenso
             feats = br.fake(b)
             feats = feats if isinstance(feats, tuple) else (feats,)
             torch.autograd.grad(sum(f.sum() for f in feats), leaf)
-        out[b] = _flops(work)
+        out[b] = count_flops(work)
     return out
 
 
-def bench_train(cfg: TrainConfig, steps: int = 5) -> dict[str, Any]:
-    """Time ``steps`` training steps (after one warm-up) and count FLOPs of one step with every D group stepping."""
-    from isp_search.train.loop import make_datasets, pick_device
+def naive_generator_step(gen, g_opt, batch, nets, discs, multipliers, content_lab, adapt=True, eps=1e-8,
+                         counter=None, timer=None, content_ref=None, **_) -> tuple[dict[str, float], Branches]:
+    """The textbook DLA: per term a backward through its frozen network to the generator parameters (its norm),
+    then one backward of Σ wᵢ Lᵢ; the same losses and weights as :func:`generator_step` (its signature)."""
+    t0 = time.perf_counter()
+    params = [p for p in gen.parameters() if p.requires_grad]
+    y = gen(batch["input"]).float()
+    br = Branches(nets, y, batch, content_lab, counter=counter, content_ref=content_ref)
+    losses = {t: term_loss(t, br, discs) for t in multipliers}
+    t1 = time.perf_counter()
+    weights = {}
+    for t, loss in losses.items():
+        if not adapt:
+            weights[t] = multipliers[t]
+            continue
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        norm = float(global_norm([torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]))
+        weights[t] = multipliers[t] / (norm + eps)
+    total = sum(weights[t] * loss for t, loss in losses.items())
+    for p, g in zip(params, torch.autograd.grad(total, params, allow_unused=True)):
+        p.grad = g
+    t2 = time.perf_counter()
+    g_opt.step()
+    g_opt.zero_grad(set_to_none=True)
+    if timer is not None:
+        for k, v in (("forward", t1 - t0), ("backward", t2 - t1), ("optimizer", time.perf_counter() - t2)):
+            timer[k] = timer.get(k, 0.0) + v
+    return {"loss/total": float(total.detach())}, br
 
-    device = pick_device(cfg.train.device)
-    data = make_datasets(cfg)
-    ds = data["train"]
-    gen = ds.spec.build().to(device)
-    terms = cfg.active_terms
-    mult = {t: cfg.multiplier(t) for t in terms}
-    lab = cfg.mode in ("pretrain", "unpaired")
-    nets = FrozenNets(terms, cfg.backbone_weights, cfg.features.vit_img_size, cfg.features.input).to(device)
-    discs = build_discriminators(terms, nets, tuple(ds[0]["reference"].shape[-2:]), lab, device)
-    o = cfg.optim
-    g_opt = torch.optim.Adam(gen.parameters(), lr=o.g_lr, betas=(o.g_beta1, o.g_beta2))
-    groups = {}
-    for g, lr, every in (("color", o.d_color_lr, o.d_color_every), ("texture", o.d_texture_lr, o.d_texture_every)):
-        ts = [t for t in discs if LOSSES.get(t).group == g]
-        if ts:
-            groups[g] = (ts, torch.optim.Adam([p for t in ts for p in discs[t].parameters()], lr=lr), every)
-    loader = torch.utils.data.DataLoader(ds, batch_size=min(cfg.train.batch_size, len(ds)), shuffle=True,
-                                         drop_last=True, num_workers=cfg.data.workers)
 
-    def batches():
+def naive_discriminator_step(group_terms, br, discs, d_opt, gamma, clip) -> dict[str, float]:
+    """The textbook D step: D(real) recomputed inside the D loss."""
+    total = sum(discriminator_loss(discs[t], _feature(br.real, t), _feature(br.fake, t), gamma)[0]
+                for t in group_terms)
+    d_opt.zero_grad(set_to_none=True)
+    total.backward()
+    for t in group_terms:
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(discs[t].parameters(), clip)
+    d_opt.step()
+    return {}
+
+
+def _feature(get: Callable[[str], Any], term: str) -> torch.Tensor:
+    spec = LOSSES.get(term)
+    f = get(spec.branch)
+    return f if spec.output is None else f[spec.output]
+
+
+class _Setup:
+    """What every variant shares: data, generator, frozen networks, discriminators, optimisers."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        from isp_search.train.loop import STEP_KEYS, make_datasets, pick_device
+
+        self.cfg, self.device = cfg, pick_device(cfg.train.device)
+        self.ds = make_datasets(cfg)["train"]
+        self.gen = self.ds.spec.build().to(self.device)
+        self.terms = cfg.active_terms
+        self.mult = {t: cfg.multiplier(t) for t in self.terms}
+        self.lab, self.ref = cfg.content_lab, cfg.content_vs_reference
+        self.nets = FrozenNets(self.terms, cfg.backbone_weights, cfg.features.vit_img_size,
+                               cfg.features.input).to(self.device)
+        self.discs = build_discriminators(self.terms, self.nets, tuple(self.ds[0]["reference"].shape[-2:]), self.lab,
+                                          self.device)
+        o = cfg.optim
+        self.g_opt = torch.optim.Adam(self.gen.parameters(), lr=o.g_lr, betas=(o.g_beta1, o.g_beta2))
+        self.groups = {}
+        for g, lr, every in (("color", o.d_color_lr, o.d_color_every),
+                             ("texture", o.d_texture_lr, o.d_texture_every)):
+            ts = [t for t in self.discs if LOSSES.get(t).group == g]
+            if ts:
+                self.groups[g] = (ts, torch.optim.Adam([p for t in ts for p in self.discs[t].parameters()], lr=lr),
+                                  every)
+        self.d_terms = [t for ts, _, _ in self.groups.values() for t in ts]
+        self.loader = torch.utils.data.DataLoader(self.ds, batch_size=min(cfg.train.batch_size, len(self.ds)),
+                                                  shuffle=True, drop_last=True, num_workers=cfg.data.workers)
+        self.keys = STEP_KEYS
+        self.branches = {LOSSES.get(t).branch for t in self.terms if LOSSES.get(t).branch}
+
+    def batches(self):
         while True:
-            yield from loader
+            for b in self.loader:
+                yield {k: v.to(self.device) if k in self.keys else v for k, v in b.items()}
 
-    it = batches()
+    def g_step(self, batch, naive: bool, cache: RealCache | None, counter=None, timer=None):
+        fn = naive_generator_step if naive else generator_step
+        return fn(self.gen, self.g_opt, batch, self.nets, self.discs, self.mult, self.lab, self.cfg.losses.dla,
+                  self.cfg.losses.dla_eps, counter=counter, timer=timer, content_ref=self.ref,
+                  d_terms=self.d_terms, real_cache=cache)[1]
+
+    def d_step(self, g: str, br: Branches, naive: bool) -> None:
+        ts, opt, _ = self.groups[g]
+        (naive_discriminator_step if naive else discriminator_step)(ts, br, self.discs, opt, self.cfg.losses.r_gamma,
+                                                                     self.cfg.optim.d_clip)
+
+    def fill(self, cache: RealCache) -> float:
+        """One pass over the training split through the cached real branches; returns seconds."""
+        t0 = time.perf_counter()
+        for b in self.loader:
+            b = {k: v.to(self.device) if k in self.keys else v for k, v in b.items()}
+            br = Branches(self.nets, b["input"], b, self.lab, content_ref=self.ref, real_cache=cache)
+            for branch in self.branches & set(CACHED_BRANCHES):
+                br.real(branch)
+        return time.perf_counter() - t0
+
+
+def _measure(s: _Setup, it, steps: int, naive: bool, cache: RealCache | None) -> dict[str, Any]:
+    """Time ``steps`` steps (after one warm-up) and count one step's FLOPs for one variant."""
     timer: dict[str, float] = {}
     counter: Counter = Counter()
     total = 0.0
     for i in range(steps + 1):  # step 0 is a warm-up
         t0 = time.perf_counter()
-        batch = {k: v.to(device) for k, v in next(it).items()}
-        t1 = time.perf_counter()
-        step_timer: dict[str, float] = {"data_wait": t1 - t0}
+        batch = next(it)
+        step_timer: dict[str, float] = {"data_wait": time.perf_counter() - t0}
         step_counter: Counter = Counter()
-        _, br = generator_step(gen, g_opt, batch, nets, discs, mult, lab, cfg.losses.dla, cfg.losses.dla_eps,
-                               counter=step_counter, timer=step_timer)
-        t2 = time.perf_counter()
-        for g, (ts, opt, every) in groups.items():
-            if (i + 1) % every == 0:
-                discriminator_step(ts, br, discs, opt, cfg.losses.r_gamma, o.d_clip)
-        step_timer["d_steps"] = time.perf_counter() - t2
+        br = s.g_step(batch, naive, cache, step_counter, step_timer)
+        g_s = time.perf_counter() - t0
+        for g, (_, _, every) in s.groups.items():
+            t = time.perf_counter()
+            s.d_step(g, br, naive)
+            step_timer[f"d_step_{g}"] = (time.perf_counter() - t) / every  # at its real ratio
         if i > 0:
-            total += time.perf_counter() - t0
+            total += g_s + sum(v for k, v in step_timer.items() if k.startswith("d_step_"))
             for k, v in step_timer.items():
                 timer[k] = timer.get(k, 0.0) + v
             counter.update(step_counter)
-
-    batch = {k: v.to(device) for k, v in next(it).items()}
+    batch = next(it)
     holder: dict[str, Any] = {}
+    g_flops = count_flops(lambda: holder.update(br=s.g_step(batch, naive, cache)))
+    d_flops = {g: count_flops(lambda g=g: s.d_step(g, holder["br"], naive)) for g in s.groups}
+    passes = {b: counter[b] / steps for b in sorted(s.branches)}
+    return {"step_ms": 1000 * total / steps, "time_ms": {k: 1000 * v / steps for k, v in timer.items()},
+            "flops_per_step": g_flops + sum(d_flops[g] / s.groups[g][2] for g in s.groups),
+            "flops_generator_step": g_flops, "flops_d_step": d_flops,
+            "frozen_backward_passes_by_branch": passes, "frozen_backward_passes": sum(passes.values())}
 
-    def g_step():
-        holder["br"] = generator_step(gen, g_opt, batch, nets, discs, mult, lab, cfg.losses.dla, cfg.losses.dla_eps)[1]
 
-    g_flops = _flops(g_step)
-    d_flops = {g: _flops(lambda ts=ts, opt=opt: discriminator_step(ts, holder["br"], discs, opt, cfg.losses.r_gamma,
-                                                                    o.d_clip)) for g, (ts, opt, _) in groups.items()}
-    per_step = g_flops + sum(d_flops[g] / groups[g][2] for g in groups)
+def bench_train(cfg: TrainConfig, steps: int = 5, against_naive: bool = False,
+                compare_cache: bool = False) -> dict[str, Any]:
+    """Profile ``steps`` training steps of ``cfg`` (see the module docstring); returns one flat-ish dict."""
+    if compare_cache:
+        from isp_search.configio import to_dict
+        from isp_search.train.config import train_config_from_dict
+
+        train_config_from_dict(to_dict(replace(cfg, features=replace(cfg.features, cache_real=True))),
+                               name="bench-train --compare-cache")  # refuses augmented / cropped data (one line)
+    s = _Setup(cfg)
+    it = s.batches()
+    tmp = tempfile.mkdtemp(prefix="isp-search-bench-real-")
+    try:
+        dtype = "float32"  # bench-train runs without autocast
+        use = cfg.features.cache_real and not compare_cache  # --compare-cache: ours without, then with
+        cache = open_real_cache(cfg, s.ds, s.nets, s.device, dtype, tmp) if use else None
+        fill_s = s.fill(cache) if cache is not None else None
+        res: dict[str, Any] = {"config_mode": cfg.mode, "arch": cfg.model.arch, "device": str(s.device),
+                               "steps": steps, "batch_size": min(cfg.train.batch_size, len(s.ds)),
+                               "cache_real": cache is not None,
+                               "d_every": {g: v[2] for g, v in s.groups.items()}}
+        ours = _measure(s, it, steps, naive=False, cache=cache)
+        res.update(ours)
+        if cache is not None:
+            res.update(cache_fill_s=fill_s, cache_bytes=cache.nbytes(), cache_hits=cache.hits)
+        if compare_cache:
+            on = replace(cfg, features=replace(cfg.features, cache_real=True))
+            cache = open_real_cache(on, s.ds, s.nets, s.device, dtype, tmp)
+            fill_s = s.fill(cache)
+            with_cache = _measure(s, it, steps, naive=False, cache=cache)
+            res["cache_real_variant"] = {**with_cache, "cache_fill_s": fill_s, "cache_bytes": cache.nbytes()}
+        if against_naive:
+            naive = _measure(s, it, steps, naive=True, cache=None)
+            res["naive"] = naive
+            res["naive_ratio"] = naive["step_ms"] / ours["step_ms"]
+            res["naive_flops_ratio"] = naive["flops_per_step"] / ours["flops_per_step"]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    batch = next(it)
     with torch.no_grad():
-        y = gen(batch["input"]).float()
-    branches = {LOSSES.get(t).branch for t in terms if LOSSES.get(t).branch}
-    floor = floor_flops(nets, batch, y, branches, lab)
+        y = s.gen(batch["input"]).float()
+    floor = floor_flops(s.nets, batch, y, s.branches, s.lab, s.ref)
     floor_total = sum(floor.values())
-    passes = {b: counter[b] / steps for b in sorted(branches)}
-    return {
-        "config_mode": cfg.mode, "arch": cfg.model.arch, "device": str(device), "steps": steps,
-        "batch_size": int(batch["input"].shape[0]), "step_ms": 1000 * total / steps,
-        "time_ms": {k: 1000 * v / steps for k, v in timer.items()},
-        "flops_per_step": per_step, "flops_generator_step": g_flops, "flops_d_step": d_flops,
-        "floor_flops_per_step": floor_total, "floor_flops_by_branch": floor,
-        "flops_ratio_to_floor": per_step / floor_total if floor_total else None,
-        "frozen_backward_passes_by_branch": passes,
-        "frozen_backward_passes_per_branch": max(passes.values()) if passes else 0,
-    }
+    passes = ours["frozen_backward_passes_by_branch"]
+    res.update({"floor_flops_per_step": floor_total, "floor_flops_by_branch": floor,
+                "flops_ratio_to_floor": ours["flops_per_step"] / floor_total if floor_total else None,
+                "frozen_backward_passes_per_branch": max(passes.values()) if passes else 0,
+                "n_terms_with_branch": sum(1 for t in s.terms if LOSSES.get(t).branch),
+                "n_branches": len(s.branches)})
+    return res

@@ -6,7 +6,8 @@ gradient norm mᵢ.
 
 How: the losses are computed on a leaf copy ŷ of the generator output. Each branch (the terms reading the same
 frozen network) is backpropagated once to ŷ — terms that share a branch get their separate gᵢ = ∂Lᵢ/∂ŷ from one
-vmapped backward (``is_grads_batched``) — and each gᵢ is then pulled back through the small generator alone
+vmapped backward (``is_grads_batched``), or segment by segment where they read nested outputs (AlexNet relu1 and
+relu4) — and each gᵢ is then pulled back through the small generator alone
 (a vector-Jacobian product), never through a frozen network again.
 """
 
@@ -19,8 +20,11 @@ import torch
 
 
 def output_gradients(losses: Mapping[str, torch.Tensor], branch_of: Mapping[str, str | None],
-                     y_leaf: torch.Tensor) -> dict[str, torch.Tensor]:
-    """gᵢ = ∂Lᵢ/∂ŷ for every term, with exactly one backward pass per branch."""
+                     y_leaf: torch.Tensor, features: Mapping[str, tuple[torch.Tensor, ...]] | None = None,
+                     output_of: Mapping[str, int | None] | None = None) -> dict[str, torch.Tensor]:
+    """gᵢ = ∂Lᵢ/∂ŷ for every term, with exactly one backward pass per branch. ``features[branch]``: a branch's
+    nested outputs (each computed from the one before) and ``output_of[term]`` the one a term reads: those
+    terms go down the network segment by segment (:func:`_nested_gradients`)."""
     groups: dict[str | None, list[str]] = defaultdict(list)
     for name in losses:
         key = branch_of.get(name)
@@ -31,6 +35,10 @@ def output_gradients(losses: Mapping[str, torch.Tensor], branch_of: Mapping[str,
             (g,) = torch.autograd.grad(losses[names[0]], y_leaf, allow_unused=True)
             out[names[0]] = torch.zeros_like(y_leaf) if g is None else g
             continue
+        branch = branch_of.get(names[0])
+        if features and output_of and branch in features and all(output_of.get(n) is not None for n in names):
+            out.update(_nested_gradients(names, losses, features[branch], output_of, y_leaf))
+            continue
         eye = torch.eye(len(names), dtype=losses[names[0]].dtype, device=y_leaf.device)
         (g,) = torch.autograd.grad([losses[n] for n in names], y_leaf,
                                    grad_outputs=[eye[:, i].contiguous() for i in range(len(names))],
@@ -38,6 +46,31 @@ def output_gradients(losses: Mapping[str, torch.Tensor], branch_of: Mapping[str,
         for i, n in enumerate(names):
             out[n] = torch.zeros_like(y_leaf) if g is None else g[i]
     return out
+
+
+def _nested_gradients(names: list[str], losses: Mapping[str, torch.Tensor], outs: tuple[torch.Tensor, ...],
+                      output_of: Mapping[str, int | None], y_leaf: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The gᵢ of terms reading nested outputs of one network (the AlexNet trunk's relu4 is computed from its
+    relu1): from the deepest output up, each segment is backpropagated once carrying one vector per term that
+    reaches it (batched only where several do), so relu4's term alone pays for layers 2-4 and both share one
+    batched pass through layer 1 — instead of a batched backward of every term through the whole network."""
+    carried: list[str] = []
+    vec: torch.Tensor | None = None  # (len(carried), *outs[k].shape)
+    for k in range(len(outs) - 1, -1, -1):
+        for n in (n for n in names if output_of[n] == k):  # through its discriminator only
+            (g,) = torch.autograd.grad(losses[n], outs[k], retain_graph=True, allow_unused=True)
+            g = (torch.zeros_like(outs[k]) if g is None else g)[None]
+            vec = g if vec is None else torch.cat([vec, g])
+            carried.append(n)
+        if vec is None:
+            continue
+        dst, last = (outs[k - 1], False) if k > 0 else (y_leaf, True)
+        batched = len(carried) > 1
+        (g,) = torch.autograd.grad(outs[k], dst, grad_outputs=vec if batched else vec[0], retain_graph=not last,
+                                   is_grads_batched=batched, allow_unused=True)
+        vec = torch.zeros((len(carried), *dst.shape), dtype=dst.dtype, device=dst.device) if g is None else (
+            g if batched else g[None])
+    return {n: vec[i] for i, n in enumerate(carried)}  # type: ignore[index]
 
 
 def parameter_gradients(y: torch.Tensor, params: list[torch.nn.Parameter], g: torch.Tensor) -> list[torch.Tensor]:
@@ -52,11 +85,12 @@ def global_norm(grads: list[torch.Tensor]) -> torch.Tensor:
 
 def combine(y: torch.Tensor, y_leaf: torch.Tensor, losses: Mapping[str, torch.Tensor],
             branch_of: Mapping[str, str | None], params: list[torch.nn.Parameter],
-            multipliers: Mapping[str, float], adapt: bool = True,
-            eps: float = 1e-8) -> tuple[list[torch.Tensor], dict[str, float]]:
+            multipliers: Mapping[str, float], adapt: bool = True, eps: float = 1e-8,
+            features: Mapping[str, tuple[torch.Tensor, ...]] | None = None,
+            output_of: Mapping[str, int | None] | None = None) -> tuple[list[torch.Tensor], dict[str, float]]:
     """The generator gradient Σ wᵢ ∇θLᵢ and named metrics (``dla/norm_<term>`` raw norms, ``dla/weight_<term>``,
     ``loss/<term>``, ``loss/total`` = Σ wᵢ Lᵢ). ``adapt=False`` uses wᵢ = mᵢ (a plain weighted sum)."""
-    gs = output_gradients(losses, branch_of, y_leaf)
+    gs = output_gradients(losses, branch_of, y_leaf, features, output_of)
     total = [torch.zeros_like(p) for p in params]
     metrics: dict[str, float] = {}
     weighted = 0.0

@@ -109,6 +109,9 @@ def train(cfg: TrainConfig, run_dir: str | Path, report: Report | None = None,
     nets = FrozenNets(cfg.active_terms, cfg.backbone_weights, cfg.features.vit_img_size, cfg.features.input).to(device)
     out_hw = tuple(train_ds[0]["reference"].shape[-2:])
     discs = build_discriminators(cfg.active_terms, nets, out_hw, content_lab, device)
+    from isp_search.train.real_cache import open_real_cache
+
+    real_cache = open_real_cache(cfg, train_ds, nets, device, "bfloat16" if cuda and cfg.train.amp else "float32")
     if cuda and cfg.train.channels_last:
         gen, nets = gen.to(memory_format=torch.channels_last), nets.to(memory_format=torch.channels_last)
     o = cfg.optim
@@ -185,10 +188,13 @@ def train(cfg: TrainConfig, run_dir: str | Path, report: Report | None = None,
             batches = iter(loader())
             batch = next(batches)
         order.pos += 1
+        # ids (index, target_index) stay on the CPU: they key the real-feature cache
         batch = {k: v.to(device, non_blocking=True) if k in STEP_KEYS else v for k, v in batch.items()}
         t1 = time.perf_counter()
         metrics, br = generator_step(gen, g_opt, batch, nets, discs, multipliers, content_lab, cfg.losses.dla,
-                                     cfg.losses.dla_eps, autocast(), content_ref=cfg.content_vs_reference)
+                                     cfg.losses.dla_eps, autocast(), content_ref=cfg.content_vs_reference,
+                                     d_terms=[t for ts, _, every in groups.values() if (step + 1) % every == 0
+                                              for t in ts], real_cache=real_cache)
         if "nonfinite" in metrics:
             status, reason = "diverged", f"non-finite {metrics['nonfinite']} at step {step + 1}"
             emit("train", step + 1, {k: v for k, v in metrics.items() if k != "nonfinite"} | {"diverged": 1})

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from typing import Callable, Mapping
+from typing import Callable, Collection, Mapping
 
 import torch
 from torch import nn
@@ -17,8 +17,10 @@ from isp_search.train import dla
 from isp_search.train.discriminators import create_discriminator
 from isp_search.train.features import LPIPSAlexTrunk, VGGRelu54, ViTTokens
 from isp_search.train.losses import (
-    LOSSES, blur, color_loss, discriminator_loss, grayscale, lab_lightness3, mse, relativistic_g, tv_loss,
+    LOSSES, blur, color_loss, grayscale, lab_lightness3, mse, relativistic_d, relativistic_g, tv_loss,
+    zero_centered_penalty,
 )
+from isp_search.train.real_cache import CACHED_BRANCHES, RealCache
 
 _NET_CACHE: dict[tuple[str, str, int, str], nn.Module] = {}
 BRANCH_NET = {"content": "vgg", "vit": "vit", "alex_gray": "alex", "lpips": "lpips", "dists": "dists"}
@@ -57,12 +59,18 @@ class Branches:
     ``content_lab``: the content branch reads the LAB L channel (pretrain, unpaired) instead of RGB (paired).
     ``content_ref``: the content term compares with the demosaiced reference, else the target (None: content_lab).
     ``counter`` (optional) counts gradient passes arriving at each branch's fake input (tests, bench-train).
+    ``real_cache`` (optional): real features read from / stored in a :class:`RealCache` (``features.cache_real``).
+    ``d_terms``: adversarial terms whose discriminator steps after this G step: their D(real) is computed once,
+    with its graph, and handed to the D step (``d_real``).
     """
 
     def __init__(self, nets: FrozenNets, y_leaf: torch.Tensor, batch: Mapping[str, torch.Tensor], content_lab: bool,
                  autocast: contextlib.AbstractContextManager | None = None, counter: Counter | None = None,
-                 content_ref: bool | None = None) -> None:
+                 content_ref: bool | None = None, real_cache: RealCache | None = None,
+                 d_terms: Collection[str] = ()) -> None:
         self.nets, self.y, self.batch, self.content_lab = nets, y_leaf, batch, content_lab
+        self.real_cache, self.d_terms = real_cache, frozenset(d_terms)
+        self.d_real: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # term -> (D input, D output), one use
         self.content_ref = content_lab if content_ref is None else content_ref
         self.autocast = autocast or contextlib.nullcontext()
         self.counter = counter
@@ -101,8 +109,17 @@ class Branches:
     def real(self, branch: str):
         if branch not in self._real:
             img = self.content_real_image() if branch == "content" else self.batch["target"]
-            with torch.no_grad():
-                self._real[branch] = self._run(branch, self._prepare(branch, img))
+
+            def compute():
+                with torch.no_grad():
+                    return self._run(branch, self._prepare(branch, img))
+
+            if self.real_cache is not None and branch in CACHED_BRANCHES:
+                by_sample = branch == "content" and self.content_ref  # the reference belongs to the RAW sample
+                keys = self.batch["index" if by_sample else "target_index"]
+                self._real[branch] = self.real_cache.get(branch, "sample" if by_sample else "target", keys, compute)
+            else:
+                self._real[branch] = compute()
         return self._real[branch]
 
 
@@ -146,9 +163,18 @@ def term_loss(name: str, br: Branches, discs: Mapping[str, nn.Module]) -> torch.
     spec = LOSSES.get(name)
     disc = discs[name]
     fake = _pick(br.fake(spec.branch), spec.output)
-    with torch.no_grad():
-        d_real = disc(_pick(br.real(spec.branch), spec.output).float())
-    return relativistic_g(disc(fake.float()), d_real)
+    real = _pick(br.real(spec.branch), spec.output)
+    with br.autocast:  # the discriminators read the features in the dtype they come in (no fp32 copies)
+        if name in br.d_terms:  # its D step follows: D(real) once, with the graph that step's loss and R1 need
+            x = real.detach().requires_grad_(True).view_as(real)  # a non-leaf view, as in _d_loss
+            out = disc(x)
+            br.d_real[name] = (x, out)
+            d_real = out.detach()
+        else:
+            with torch.no_grad():
+                d_real = disc(real)
+        d_fake = disc(fake)
+    return relativistic_g(d_fake.float(), d_real.float())
 
 
 def build_discriminators(terms: tuple[str, ...], nets: FrozenNets, out_hw: tuple[int, int], content_lab: bool,
@@ -172,24 +198,29 @@ def generator_step(gen: nn.Module, g_opt: torch.optim.Optimizer, batch: Mapping[
                    content_lab: bool, adapt: bool = True, eps: float = 1e-8,
                    autocast: contextlib.AbstractContextManager | None = None,
                    counter: Counter | None = None, timer: dict[str, float] | None = None,
-                   content_ref: bool | None = None) -> tuple[dict[str, float], Branches | None]:
+                   content_ref: bool | None = None, d_terms: Collection[str] = (),
+                   real_cache: RealCache | None = None) -> tuple[dict[str, float], Branches | None]:
     """Forward, losses, DLA, one Adam step. Returns metrics and the feature cache (for the D step); on a
     non-finite loss or gradient nothing is updated and ``metrics["nonfinite"]`` names the culprit.
-    ``timer`` (bench-train) accumulates seconds per phase: generator, frozen_forward, backward, optimizer."""
+    ``timer`` (bench-train) accumulates seconds per phase: generator, frozen_forward, backward, optimizer.
+    ``d_terms``: the adversarial terms whose discriminators step after this step (their D(real) is kept for it);
+    ``real_cache``: where the real-branch features are read from (``features.cache_real``)."""
     clock = _Clock(timer)
     gen.train()
     params = [p for p in gen.parameters() if p.requires_grad]
     y = gen(batch["input"]).float()
     y_leaf = y.detach().requires_grad_(True)
     clock.lap("generator")
-    br = Branches(nets, y_leaf, batch, content_lab, autocast, counter, content_ref)
+    br = Branches(nets, y_leaf, batch, content_lab, autocast, counter, content_ref, real_cache, d_terms)
     losses = {t: term_loss(t, br, discs) for t in multipliers}
     clock.lap("frozen_forward")
     bad = [t for t, v in losses.items() if not torch.isfinite(v)]
     if bad:
         return {f"loss/{t}": float(v.detach()) for t, v in losses.items()} | {"nonfinite": bad[0]}, None
     branch_of = {t: LOSSES.get(t).branch for t in losses}
-    grads, metrics = dla.combine(y, y_leaf, losses, branch_of, params, multipliers, adapt, eps)
+    nested = {b: f for b, f in br._fake.items() if isinstance(f, tuple)}  # the AlexNet trunk's (relu1, relu4)
+    grads, metrics = dla.combine(y, y_leaf, losses, branch_of, params, multipliers, adapt, eps, features=nested,
+                                 output_of={t: LOSSES.get(t).output for t in losses})
     clock.lap("backward")
     if not all(torch.isfinite(g).all() for g in grads):
         return metrics | {"nonfinite": "generator gradient"}, None
@@ -212,8 +243,8 @@ def discriminator_step(group_terms: list[str], br: Branches, discs: Mapping[str,
         disc = discs[t]
         disc.train()
         with br.autocast:
-            loss, parts = discriminator_loss(disc, _pick(br.real(spec.branch), spec.output),
-                                             _pick(br.fake(spec.branch), spec.output), gamma)
+            loss, parts = _d_loss(disc, _pick(br.real(spec.branch), spec.output),
+                                  _pick(br.fake(spec.branch), spec.output), gamma, br.d_real.pop(t, None))
         total = loss if total is None else total + loss
         key = "d_" + t.removeprefix("adv_")
         metrics.update({f"{key}/{k}": v for k, v in parts.items()})
@@ -228,3 +259,22 @@ def discriminator_step(group_terms: list[str], br: Branches, discs: Mapping[str,
             metrics[f"d_{t.removeprefix('adv_')}/grad_norm"] = float(norm)
     d_opt.step()
     return metrics
+
+
+def _d_loss(disc: nn.Module, real: torch.Tensor, fake: torch.Tensor, gamma: float,
+            real_out: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Relativistic D loss + R1 + R2 on the detached features (:func:`losses.discriminator_loss`'s maths), reusing
+    the G step's ``(D input, D(real))`` when given. The features stay in their dtype (no fp32 copies)."""
+    # Non-leaf views: the penalty differentiates to them (torch's FLOP counter cannot hook grads of leaves).
+    xr, d_real = real_out if real_out is not None else (None, None)
+    if xr is None:
+        xr = real.detach().requires_grad_(gamma > 0).view_as(real)
+        d_real = disc(xr)
+    xf = fake.detach().requires_grad_(gamma > 0).view_as(fake)
+    d_fake = disc(xf)
+    adv = relativistic_d(d_real.float(), d_fake.float())
+    r1 = zero_centered_penalty(d_real, xr, gamma) if gamma > 0 else adv.new_zeros(())
+    r2 = zero_centered_penalty(d_fake, xf, gamma) if gamma > 0 else adv.new_zeros(())
+    parts = {k: float(v.detach().float().mean()) for k, v in
+             (("real", d_real), ("fake", d_fake), ("adv", adv), ("r1", r1), ("r2", r2))}
+    return adv + r1 + r2, parts

@@ -1,0 +1,222 @@
+"""The real-branch feature cache (``features.cache_real``): each image's real features computed once, then read.
+
+With whole images and no augmentation the real branches' features are the same every time an image is drawn:
+the content VGG on the demosaiced reference (or on the target, paired modes), the ViT on the blurred target, the
+AlexNet trunk on the gray target. A :class:`RealCache` keeps them in memory-mapped files on local disk, one row
+per image, filled the first time that image is drawn (computed on the whole batch exactly as without the cache)
+and read from then on. Rows are keyed by the batch's ``index`` (RAW sample) or ``target_index`` (RGB pool slot).
+
+Folder ``<root>/<key>/``: per branch ``<branch>.json`` (shapes, dtypes), ``<branch>.filled`` (one byte per row)
+and ``<branch>.<j>.bin`` (output j of the branch, rows × features). The key hashes the data set files (path, size,
+mtime), the reference settings, the frozen networks' weights, their input mode and the compute dtype, so any
+change starts a new folder. Writers hold an exclusive fcntl lock, readers a shared one, so trials sharing a
+folder never read a half-written row.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+
+from isp_search.errors import UserError
+
+FORMAT_VERSION = 1
+CACHED_BRANCHES = ("content", "vit", "alex_gray")  # pyiqa's LPIPS/DISTS run both images inside; not cached
+_STORE = {torch.float32: (np.float32, None), torch.float16: (np.float16, None),
+          torch.bfloat16: (np.uint16, torch.uint16)}  # numpy has no bfloat16: its bits are kept as uint16
+
+Features = torch.Tensor | tuple[torch.Tensor, ...]
+
+
+def default_root() -> Path:
+    """``$ISP_SEARCH_REAL_CACHE``, else ``real-features`` beside the reference cache folder."""
+    from isp_search.data.cache import default_cache_dir
+
+    env = os.environ.get("ISP_SEARCH_REAL_CACHE")
+    return Path(env) if env else default_cache_dir().with_name("real-features")
+
+
+class _Lock:
+    """A shared/exclusive fcntl lock on one file, kept open for the cache's lifetime."""
+
+    def __init__(self, path: Path) -> None:
+        self.fh = open(path, "a+")
+
+    def __call__(self, exclusive: bool) -> "_Lock":
+        self.mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+        return self
+
+    def __enter__(self) -> None:
+        fcntl.flock(self.fh, self.mode)
+
+    def __exit__(self, *exc) -> None:
+        fcntl.flock(self.fh, fcntl.LOCK_UN)
+
+
+class RealCache:
+    """Memory-mapped real features of one data set split; ``rows`` = images per key kind (sample, target)."""
+
+    def __init__(self, folder: str | os.PathLike, rows: Mapping[str, int], device: str | torch.device = "cpu",
+                 announce: bool = True) -> None:
+        self.folder = Path(folder)
+        self.device = torch.device(device)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.rows = dict(rows)
+        self.announce = announce
+        self.lock = _Lock(self.folder / ".lock")
+        self._maps: dict[str, tuple[np.memmap, list[np.memmap], list[torch.dtype], bool]] = {}
+        self.hits = self.misses = 0  # batches read from the cache / computed (tests, bench-train)
+
+    def __getstate__(self) -> dict:  # never shipped to workers; reopened where unpickled
+        return {"folder": self.folder, "rows": self.rows, "device": str(self.device)}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["folder"], state["rows"], state["device"], announce=False)  # type: ignore[misc]
+
+    def nbytes(self) -> int:
+        """Bytes of the feature files created so far (their full size; the files are sparse until filled)."""
+        return sum(m.nbytes for _, data, _, _ in self._maps.values() for m in data)
+
+    def get(self, branch: str, kind: str, keys: torch.Tensor, compute: Callable[[], Features]) -> Features:
+        """The real features of ``branch`` for the images ``keys`` (row ids of ``kind``): read when every row is
+        filled, else ``compute()`` (the whole batch, as without a cache) and the missing rows stored."""
+        idx = keys.detach().cpu().numpy().astype(np.int64).reshape(-1)
+        maps = self._maps.get(branch) or self._open(branch)
+        if maps is not None:
+            filled, data, dtypes, is_tuple = maps
+            with self.lock(exclusive=False):
+                if filled[idx].all():
+                    rows = [torch.from_numpy(np.ascontiguousarray(m[idx])) for m in data]
+                    self.hits += 1
+                    return self._to_torch(rows, dtypes, is_tuple)
+        feats = compute()
+        self.misses += 1
+        self._store(branch, kind, idx, feats)
+        return feats
+
+    def _to_torch(self, rows: list[torch.Tensor], dtypes: list[torch.dtype], is_tuple: bool) -> Features:
+        out = [(r.view(dt) if r.dtype != dt else r).to(self.device, non_blocking=True) for r, dt in zip(rows, dtypes)]
+        return tuple(out) if is_tuple else out[0]
+
+    def _files(self, branch: str) -> tuple[Path, Path]:
+        return self.folder / f"{branch}.json", self.folder / f"{branch}.filled"
+
+    def _open(self, branch: str):
+        meta_path, filled_path = self._files(branch)
+        if not meta_path.is_file():
+            return None
+        meta = json.loads(meta_path.read_text())
+        data = [np.memmap(self.folder / f"{branch}.{j}.bin", dtype=np.dtype(o["np"]), mode="r+",
+                          shape=tuple(o["shape"])) for j, o in enumerate(meta["outputs"])]
+        filled = np.memmap(filled_path, dtype=np.uint8, mode="r+", shape=(meta["rows"],))
+        dtypes = [getattr(torch, o["torch"]) for o in meta["outputs"]]
+        self._maps[branch] = (filled, data, dtypes, bool(meta["tuple"]))
+        return self._maps[branch]
+
+    def _create(self, branch: str, kind: str, feats: tuple[torch.Tensor, ...], is_tuple: bool) -> None:
+        """Allocate the (sparse) files of ``branch`` from one batch's features; prints the size once."""
+        n = self.rows[kind]
+        outputs = []
+        for f in feats:
+            np_dt, _ = _STORE[f.dtype]
+            outputs.append({"np": np.dtype(np_dt).name, "torch": str(f.dtype).removeprefix("torch."),
+                            "shape": [n, *f.shape[1:]]})
+        need = sum(int(np.prod(o["shape"])) * np.dtype(o["np"]).itemsize for o in outputs)
+        free = shutil.disk_usage(self.folder).free
+        if need > free:
+            raise UserError(f"features.cache_real: the {branch} features of {n} images need {need / 2**30:.2f} GiB, "
+                            f"only {free / 2**30:.2f} GiB free in {self.folder}; free space, set "
+                            "ISP_SEARCH_REAL_CACHE to another disk, or set features.cache_real: false")
+        for j, o in enumerate(outputs):
+            np.memmap(self.folder / f"{branch}.{j}.bin", dtype=np.dtype(o["np"]), mode="w+", shape=tuple(o["shape"]))
+        np.memmap(self._files(branch)[1], dtype=np.uint8, mode="w+", shape=(n,))
+        tmp = self._files(branch)[0].with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({"v": FORMAT_VERSION, "rows": n, "kind": kind, "tuple": is_tuple,
+                                   "outputs": outputs}))
+        tmp.replace(self._files(branch)[0])  # the json last: a folder with it is complete
+        if self.announce:
+            print(f"real-feature cache: {branch}, {n} images x {need / n / 2**20:.2f} MiB = {need / 2**30:.3f} GiB "
+                  f"in {self.folder}", file=sys.stderr)
+
+    def _store(self, branch: str, kind: str, idx: np.ndarray, feats: Features) -> None:
+        is_tuple = isinstance(feats, tuple)
+        parts = tuple(feats) if is_tuple else (feats,)
+        with self.lock(exclusive=True):
+            maps = self._maps.get(branch) or self._open(branch)
+            if maps is None:
+                self._create(branch, kind, parts, is_tuple)
+                maps = self._open(branch)
+            filled, data, _, _ = maps
+            todo = [i for i, k in enumerate(idx) if not filled[k]]
+            if not todo:
+                return
+            rows = idx[todo]
+            for m, f in zip(data, parts):
+                _, view = _STORE[f.dtype]
+                f = f.detach()[todo].cpu()
+                m[rows] = (f.view(view) if view is not None else f).numpy()
+            filled[rows] = 1  # after the rows: a reader never sees a flag before its data
+
+
+def fingerprint(nets: torch.nn.Module) -> str:
+    """A hash of every frozen weight and buffer (the same networks give the same features)."""
+    h = hashlib.sha256()
+    for name, t in sorted(nets.state_dict().items()):
+        a = t.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}|{a.dtype}|{tuple(a.shape)}".encode())
+        h.update(a.view(torch.uint8).numpy().data if a.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def cache_key(ds: Any, settings: Mapping[str, Any], nets: torch.nn.Module) -> str:
+    """The folder name of a split's real features: its files, the data settings and the networks."""
+    h = hashlib.sha256(json.dumps({"v": FORMAT_VERSION, **settings, "nets": fingerprint(nets)},
+                                  sort_keys=True, default=str).encode())
+    paths = [s.raw_path for s in ds.listing.samples] + list(ds.listing.rgb_pool)
+    for p in paths:
+        st = os.stat(p)
+        h.update(f"\n{Path(p).resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:24]
+
+
+def check_fixed_targets(ds: Any) -> None:
+    """Unpaired targets are fitted to each RAW's size by a random crop unless every photo already has that size:
+    refuse the cache then (the real features would change from draw to draw)."""
+    if ds.pairing_mode == "paired" or ds.references is None:
+        return
+    from PIL import Image
+
+    sizes = {tuple(s) for s in ds.references.shapes}
+    for p in ds.listing.rgb_pool:
+        with Image.open(p) as im:  # reads the header only
+            hw = (im.height, im.width)
+        if len(sizes) != 1 or hw not in sizes:
+            raise UserError(f"features.cache_real: photo {p} is {hw[0]}x{hw[1]} but the RAW outputs are "
+                            f"{sorted(sizes)}: its crop is random, so its real features are not fixed; "
+                            "set features.cache_real: false")
+
+
+def open_real_cache(cfg: Any, ds: Any, nets: torch.nn.Module, device: torch.device, dtype: str,
+                    root: str | os.PathLike | None = None) -> RealCache | None:
+    """The real-feature cache of training split ``ds`` under ``cfg`` (None when ``features.cache_real`` is off).
+    ``dtype``: the frozen networks' compute dtype (float32, or bfloat16 under autocast)."""
+    if not cfg.features.cache_real:
+        return None
+    check_fixed_targets(ds)
+    d = cfg.data
+    settings = {"format": ds.format, "demosaicer": d.demosaicer, "look": ds.look.key(), "patch": d.patch_size,
+                "content_lab": cfg.content_lab, "content_ref": cfg.content_vs_reference, "input": cfg.features.input,
+                "vit": cfg.features.vit_img_size, "weights": cfg.backbone_weights, "dtype": dtype,
+                "pairing": ds.pairing_mode}
+    folder = Path(root) if root is not None else default_root()
+    return RealCache(folder / cache_key(ds, settings, nets),
+                     {"sample": len(ds.listing.samples), "target": len(ds.listing.rgb_pool)}, device)
