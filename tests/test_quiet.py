@@ -58,7 +58,8 @@ def test_export_bench_and_leaderboard_add_print_no_library_noise(tmp_path, synth
                 "onnx,tflite,tflite_int8", "--calib-data", str(synth_root)], tmp_path)
     assert "parity/tflite" in out and not _noise(out), _noise(out)
     out = _run(["bench", str(tmp_path / "ex"), "--runs", "2", "--warmup", "1"], tmp_path)
-    assert "litert-xnnpack" in out and not _noise(out), _noise(out)
+    assert "litert-xnnpack fp32" in out and "litert-xnnpack int8" in out and not _noise(out), _noise(out)
+    assert "compute floor" in out and "x floor" in out  # every runtime beside the floor
     out = _run(["leaderboard", "add", "--weights", str(ckpt), "--data", str(synth_root), "--size", "32x32",
                 "--runs", "2", "--backbone-weights", "random", "--path", str(tmp_path / "lb.parquet"),
                 "--out", str(tmp_path / "add")], tmp_path)
