@@ -31,8 +31,8 @@ class ParityLimit:
 
 # int8 is reported (PSNR and the quality drop on held-out images), never gated: it is an opt-in speed trade.
 PARITY_LIMITS: dict[str, ParityLimit | None] = {
-    "onnx": ParityLimit(60.0, 1.0),
-    "tflite": ParityLimit(50.0, 2.0),
+    "onnx": ParityLimit(45.0, 1.0),  # 1 LSB everywhere is 48.1 dB; a wrong channel order is 30-40 dB, 13-40 LSB
+    "tflite": ParityLimit(45.0, 2.0),
     "tflite_fp16": ParityLimit(40.0, 4.0),
     "tflite_int8": None,
 }
@@ -92,8 +92,10 @@ def image_error(reference: np.ndarray, output: np.ndarray) -> dict[str, float]:
     """PSNR (dB, inf when equal) and max error in 8-bit LSB of two outputs clamped to [0, 1]; raw max abs too."""
     ref = reference.astype(np.float64)
     out = output.astype(np.float64)
-    max_abs = float(np.max(np.abs(ref - out))) if np.isfinite(out).all() else float("inf")
-    d = np.clip(ref, 0, 1) - np.clip(np.nan_to_num(out, nan=-1.0), 0, 1)
+    if not (np.isfinite(ref).all() and np.isfinite(out).all()):  # a diverged model: no image to deploy
+        return {"psnr_db": 0.0, "max_lsb": 255.0, "max_abs": float("inf"), "non_finite": True}
+    max_abs = float(np.max(np.abs(ref - out)))
+    d = np.clip(ref, 0, 1) - np.clip(out, 0, 1)
     mse = float(np.mean(d * d))
     psnr = float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse))
     return {"psnr_db": psnr, "max_lsb": float(np.max(np.abs(d)) / LSB), "max_abs": max_abs}
@@ -109,6 +111,8 @@ def parity_gate(fmt: str, kind: str, reference: np.ndarray, output: np.ndarray) 
     m = image_error(reference, output)
     ok = limit is None or (m["psnr_db"] >= limit.min_psnr_db and m["max_lsb"] <= limit.max_lsb)
     detail = f"PSNR {m['psnr_db']:.1f} dB, max {m['max_lsb']:.2f} LSB vs PyTorch"
+    if m.get("non_finite"):
+        detail = "NaN/inf in the output (PyTorch's or the export's): the weights have diverged"
     if not ok:
         detail += f" (needs >= {limit.min_psnr_db:g} dB and <= {limit.max_lsb:g} LSB)"
     return GateResult(name, ok, m["psnr_db"], limit.min_psnr_db if limit else None, detail,

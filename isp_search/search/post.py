@@ -1,8 +1,11 @@
 """After the search: close the study, export the Pareto-optimal trials to the leaderboard, save the plots.
 
 The Pareto front comes from the Optuna study (only COMPLETE trials, so ASHA-pruned and failed ones never enter
-it). Up to ``export.top_k`` of its trials are exported, gated and latency-tested through
-:func:`isp_search.export.publish.publish`, which appends one leaderboard row each with the search and trial ids.
+it). Up to ``export.top_k`` of its trials, spread evenly along it (both ends and between, not one end), are
+exported at ``export.bench_size``, gated and timed through :func:`isp_search.export.publish.publish` on the
+targets of ``export.latency_targets`` (cpu always; adb[:SERIAL] / qai-hub:DEVICE time the fp16 file on a phone),
+which appends one row each with the search and trial ids; a refused model gets none. With a latency target the
+exported trials are then ranked on LPIPS x PSNR x latency: a trial dominated once latency counts says so.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class ParetoEntry:
     note: str = ""
     latency_ms: float | None = None
     model_id: str = ""
+    latency_target: str | None = None
 
 
 @dataclass
@@ -65,6 +69,17 @@ def pareto_trials(study: optuna.Study, space: SearchSpace) -> list[optuna.trial.
     best = study.best_trials if len(space.objectives) > 1 else ([study.best_trial] if _n_complete(study) else [])
     sign = 1 if space.objectives[0].direction == "min" else -1
     return sorted(best, key=lambda t: sign * t.values[0])
+
+
+def spread(n: int, k: int) -> list[int]:
+    """``k`` indices spread evenly over ``0..n-1`` (both ends included): the trials exported from a front of n."""
+    if k <= 0:
+        return []
+    if n <= k:
+        return list(range(n))
+    if k == 1:
+        return [0]
+    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
 
 
 def _n_complete(study: optuna.Study) -> int:
@@ -143,10 +158,12 @@ def publish_trial(entry: ParetoEntry, result: Any, space: SearchSpace, exp: Expe
         if model is None:
             entry.note = f"no .pt file in {ckpt.path}"
             return
+        targets = [t for t in space.export.latency_targets if t != "cpu"]
         res = publish(
             model, Path(space.export.results) / exp.name / "exports" / f"trial_{entry.trial_id}",
-            formats=space.export.formats, export_size=tuple(space.export.size),
-            bench_size=tuple(space.export.bench_size), data=data, metrics=metrics, kind="search", mode=mode,
+            formats=space.export.formats, size=tuple(space.export.bench_size), gate_size=tuple(space.export.size),
+            targets=targets, adb={"benchmark_binary": space.export.benchmark_binary or None, "runs": space.export.runs},
+            data=data, metrics=metrics, kind="search", mode=mode,
             search_id=exp.name, trial_id=entry.trial_id, config={**entry.params, "base": str(space.base.config)
                                                                   if not isinstance(space.base.config, dict)
                                                                   else "inline"},
@@ -159,9 +176,23 @@ def publish_trial(entry: ParetoEntry, result: Any, space: SearchSpace, exp: Expe
         entry.note = f"export refused: {res.export.reason}"
         return
     entry.latency_ms = res.row.get("latency_ms")
-    target = space.export.latency_targets.get(res.row.get("latency_target") or "cpu")
+    entry.latency_target = res.row.get("latency_target")
+    target = space.export.latency_targets.get(entry.latency_target or "cpu")
     if target is not None and entry.latency_ms is not None:
         entry.note = f"{'meets' if entry.latency_ms <= target else 'misses'} the {target:g} ms target"
+
+
+def rank_with_latency(entries: list[ParetoEntry], space: SearchSpace) -> None:
+    """Among the exported trials, flag those dominated once their measured latency joins LPIPS and PSNR."""
+    from isp_search.export.leaderboard import pareto_front
+
+    done = [e for e in entries if e.exported and e.latency_ms is not None]
+    objectives = {o.metric: o.direction or "min" for o in space.objectives}
+    objectives["latency_ms"] = "min"
+    rows = [{**e.values, "latency_ms": e.latency_ms} for e in done]
+    for e, on in zip(done, pareto_front(rows, objectives)):
+        if not on:
+            e.note = (e.note + "; " if e.note else "") + "dominated on " + " x ".join(objectives)
 
 
 def write_html(space: SearchSpace) -> tuple[Path, Path]:
@@ -200,11 +231,13 @@ def finish(space: SearchSpace, exp: Experiment, results: Any, score_mode: str = 
         log.warning("marked %d orphaned Optuna trial(s) FAIL", closed)
     out = Path(space.export.results) / exp.name
     summary = PostSummary(study, plots=save_plots(study, space, out / "plots"))
-    for rank, t in enumerate(pareto_trials(study, space)):
+    front = pareto_trials(study, space)
+    chosen = set(spread(len(front), space.export.top_k))
+    for rank, t in enumerate(front):
         entry = ParetoEntry(t.number, str(t.user_attrs.get(RAY_TRIAL_ATTR, "")), dict(zip(space.metric_names,
                                                                                         t.values)), dict(t.params))
-        if rank >= space.export.top_k:
-            entry.note = f"not exported (beyond top_k={space.export.top_k})"
+        if rank not in chosen:
+            entry.note = f"not exported (top_k={space.export.top_k} spread along the front)"
         elif results is not None:
             try:
                 publish_trial(entry, by_id.get(entry.trial_id), space, exp, score_mode, data, mode)
@@ -212,6 +245,8 @@ def finish(space: SearchSpace, exp: Experiment, results: Any, score_mode: str = 
                 log.exception("export of trial %s failed", entry.trial_id)
                 entry.note = f"export failed: {type(e).__name__}: {e}"
         summary.pareto.append(entry)
+    if space.export.latency_targets:
+        rank_with_latency(summary.pareto, space)
     if results is not None:
         summary.leaderboard, summary.report = write_html(space)
     return summary
@@ -228,11 +263,11 @@ def format_summary(summary: PostSummary, space: SearchSpace, exp: Experiment) ->
     rows = []
     for e in summary.pareto:
         rows.append([str(e.number), e.trial_id] + [f"{e.values[m]:.4g}" for m in space.metric_names]
-                    + [f"{e.latency_ms:.3g}" if e.latency_ms is not None else "–",
-                       "added" if e.exported else (e.note or "–"),
+                    + [f"{e.latency_ms:.3g} ({e.latency_target})" if e.latency_ms is not None else "–",
+                       ("added" + (f" ({e.note})" if e.note else "")) if e.exported else (e.note or "–"),
                        ", ".join(f"{k}={_short(v)}" for k, v in e.params.items())])
     widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
-    lines.append(f"Pareto-optimal trials (the first {space.export.top_k} exported):")
+    lines.append(f"Pareto-optimal trials ({space.export.top_k} exported, spread along the front):")
     lines.append("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows] or ["(no COMPLETE trial)"]
     for t in final_trials(summary.study, (TrialState.FAIL,)):
