@@ -103,6 +103,10 @@ class StorageCfg:
     optuna: str | None = None  # journal file path or RDB URL; default: <path>/<name>/optuna.journal
 
 
+def _latency_target_ok(t: str) -> bool:
+    return t in ("cpu", "adb") or (t.startswith(("adb:", "qai-hub:")) and bool(t.split(":", 1)[1].strip()))
+
+
 def _size_ok(v: tuple[int, int]) -> bool:
     return all(s > 0 and s % 4 == 0 for s in v)
 
@@ -121,7 +125,11 @@ class ExportCfg:
                                         metadata={"check": _size_ok, "valid": "[H, W], multiples of 4"})
     threads: int = field(default=2, metadata={"check": _pos, "valid": "int > 0"})
     runs: int = field(default=10, metadata={"check": _pos, "valid": "int > 0"})
-    latency_targets: dict[str, float] = field(default_factory=dict)  # target (cpu, ...) -> max median ms
+    # target -> max ms: cpu, adb[:SERIAL] or qai-hub:DEVICE; a phone target also times the fp16 file on its GPU
+    latency_targets: dict[str, float] = field(default_factory=dict, metadata={
+        "check": lambda v: all(_latency_target_ok(k) and _pos(m) for k, m in v.items()),
+        "valid": "{cpu | adb | adb:SERIAL | qai-hub:DEVICE: max ms > 0}"})
+    benchmark_binary: str = ""  # TFLite benchmark_model for the phone (adb targets)
     results: str = "results"  # leaderboard.parquet, its HTML report, exports and plots go here
 
 
