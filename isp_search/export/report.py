@@ -175,8 +175,10 @@ def scatter_svg(rows: list[dict], front: list[bool]) -> str:
         ax.set_ylabel("PSNR dB (higher is better)")
         ax.grid(alpha=0.3)
     handles = [plt.Line2D([], [], ls="", marker="o", color=colours[b], mec="k", label=b) for b in backbones]
-    handles += [plt.Line2D([], [], ls="", marker="o", mfc="none", mec="red", mew=2, ms=12, label="Pareto-optimal"),
-                plt.Line2D([], [], ls="", marker="s", color="#bbb", mec="k", label="number missing (in a strip)")]
+    handles.append(plt.Line2D([], [], ls="", marker="o", mfc="none", mec="red", mew=2, ms=12, label="Pareto-optimal"))
+    if any(r.get(k) is None for r in rows for k in ("latency_ms", "lpips", "psnr")):
+        handles.append(plt.Line2D([], [], ls="", marker="s", color="#bbb", mec="k",
+                                  label="number missing (in a strip)"))
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 5), frameon=False).set_gid(
         "legend")
     buf = io.StringIO()
