@@ -35,7 +35,7 @@ def _noise(text: str) -> list[str]:
 
 
 def _run(args: list[str], cwd, **env: str) -> str:
-    r = subprocess.run([sys.executable, "-m", "isp_search.cli", *args], capture_output=True, text=True, cwd=cwd,
+    r = subprocess.run([sys.executable, "-m", "isp_search.cli", *args], capture_output=True, text=True, cwd=cwd, check=False,
                        env=_env(**env), timeout=600)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
@@ -122,3 +122,19 @@ def test_progress_is_plain_lines_off_a_terminal():
     quiet = io.StringIO()
     Progress(10, "train", stream=quiet, enabled=False).close()
     assert quiet.getvalue() == ""
+
+
+def test_trial_table_prints_on_news_only():
+    from types import SimpleNamespace as Trial
+
+    from isp_search.search.reporter import TrialTable
+
+    table = TrialTable(min_gap_s=60.0, heartbeat_s=600.0)
+    queued = [Trial(trial_id="a", status="PENDING"), Trial(trial_id="b", status="PENDING")]
+    assert not table.should_report(queued)  # queued trials are no news
+    running = [Trial(trial_id="a", status="RUNNING"), queued[1]]
+    assert table.should_report(running) and not table.should_report(running)
+    done = [Trial(trial_id="a", status="TERMINATED"), Trial(trial_id="b", status="TERMINATED")]
+    assert not table.should_report(done)  # news, but within min_gap_s of the last table: deferred ...
+    table._printed_at -= 61
+    assert table.should_report(done) and not table.should_report(done, done=True)  # ... and the end once

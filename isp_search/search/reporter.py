@@ -17,8 +17,8 @@ class TrialTable(CLIReporter):
     def __init__(self, *args: Any, heartbeat_s: float = 120.0, min_gap_s: float = 10.0, **kwargs: Any) -> None:
         super().__init__(*args, max_report_frequency=int(heartbeat_s), **kwargs)
         self._heartbeat_s, self._min_gap_s = heartbeat_s, min_gap_s
-        self._states: tuple | None = None
-        self._printed_at = 0.0
+        self._states: tuple = ()  # nothing running yet
+        self._printed_at, self._started = -float("inf"), time.time()
 
     def should_report(self, trials: list, done: bool = False) -> bool:
         # a trial queued is no news; one started, finished or failed is
@@ -26,8 +26,9 @@ class TrialTable(CLIReporter):
         now = time.time()
         since = now - self._printed_at
         changed = states != self._states
+        quiet_for = now - max(self._printed_at, self._started)
         if (done and (changed or since >= self._min_gap_s)) or (changed and since >= self._min_gap_s) \
-                or since >= self._heartbeat_s:
+                or quiet_for >= self._heartbeat_s:
             self._states, self._printed_at = states, now
             return True
         return False
