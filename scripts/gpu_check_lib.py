@@ -52,10 +52,10 @@ def make_data(root: Path, size: dict) -> Path:
 
 def train_config(work: Path, data: Path, size: dict, workers: int, extra: list[str], name: str = "step"):
     """The paper's unpaired config on the synthetic set, random frozen weights, amp + channels_last."""
+    import yaml
+
     from isp_search.configio import to_dict
     from isp_search.train import load_train_config
-
-    import yaml
 
     sets = [f"data.root={data}", "data.n_val=4", "data.n_test=4", f"data.workers={workers}", "data.packed=true",
             "data.eval_limit=4", f"data.patch_size={size['patch'] if size['patch'] != size['image'] else 'null'}",
@@ -178,7 +178,7 @@ class RayHead:
                             f"--num-cpus={cpus}", f"--num-gpus={gpus}", f"--temp-dir={self.tmp}",
                             "--include-dashboard=false", "--disable-usage-stats",
                             f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}"],
-                           env=env, capture_output=True, text=True, timeout=180, start_new_session=True)
+                           env=env, capture_output=True, text=True, timeout=180, start_new_session=True, check=False)
         if r.returncode:
             self.stop()
             raise RuntimeError(f"ray start failed: {(r.stdout + r.stderr)[-1500:]}")
@@ -229,7 +229,7 @@ export: {{top_k: 0, results: {work / 'results'}}}
         with open(log, "w") as f:
             r = subprocess.run([sys.executable, "-m", "isp_search.cli", "search", str(space), "--name", "gc",
                                 "--address", head.address], env=env, stdout=f, stderr=subprocess.STDOUT,
-                               timeout=420, cwd=work)
+                               timeout=420, cwd=work, check=False)
     finally:
         head.stop()
     windows, devices = [], []

@@ -22,9 +22,9 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -117,7 +117,7 @@ def _write(folder: Path, chunks: Iterable[tuple[str, list[str], list[np.ndarray]
                 dtype = a.dtype.newbyteorder("<")
                 name = f"{kind}.u{dtype.itemsize * 8}"  # raw.u16, rgb.u8, rgb.u16
                 if name not in outs:
-                    outs[name] = open(folder / name, "wb")
+                    outs[name] = open(folder / name, "wb")  # noqa: SIM115  (closed in the finally below)
                     index["files"][name] = dtype.str
                 f = outs[name]
                 pos = f.tell()  # type: ignore[attr-defined]
