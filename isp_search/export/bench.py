@@ -33,7 +33,7 @@ def _stats(times_ms: list[float], target: str, threads: int, **extra) -> dict:
     a = np.asarray(times_ms)
     return {"target": target, "threads": threads, "runs": len(a), "median_ms": float(np.median(a)),
             "p10_ms": float(np.percentile(a, 10)), "p90_ms": float(np.percentile(a, 90)),
-            "mean_ms": float(a.mean()), **extra}
+            "mean_ms": float(a.mean()), "min_ms": float(a.min()), "max_ms": float(a.max()), **extra}
 
 
 def _time(fn: Callable[[], object], runs: int, warmup: int) -> list[float]:
