@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 
-def peak_gflops(threads: int = 2, n: int = 2048, repeats: int = 5) -> dict:
+def peak_gflops(threads: int = 2, n: int = 2048, repeats: int = 10) -> dict:
     """Best fp32 SGEMM throughput (GFLOP/s) of ``n`` x ``n`` matrices on ``threads`` threads."""
     import torch
 
