@@ -69,7 +69,7 @@ def d_steps(nets, batch, gen, discs, n: int) -> list[dict[str, float]]:
     """``n`` discriminator steps (Adam 1e-4, the paper's γ and clip) on one G step's feature cache; the gaps
     D(real) − D(fake) before and after each."""
     _, br = generator_step(gen, torch.optim.SGD(gen.parameters(), lr=0.0), batch, nets, discs,
-                           {t: 1.0 for t in TERMS}, True)  # lr 0: the G step only yields the feature cache
+                           {t: 1.0 for t in TERMS}, True, d_terms=ADV)  # lr 0: it only yields the feature cache
     with torch.no_grad():
         fake = gen(batch["input"])
     opts = {t: torch.optim.Adam(discs[t].parameters(), lr=1e-4, betas=(0.5, 0.9)) for t in ADV}
@@ -99,7 +99,7 @@ def test_d_loss_is_relativistic_plus_r1_r2_on_feature_tensors(setup):
     nets, batch = setup
     gen, discs = fresh(nets)
     _, br = generator_step(gen, torch.optim.SGD(gen.parameters(), lr=0.0), batch, nets, discs,
-                           {t: 1.0 for t in TERMS}, True)
+                           {t: 1.0 for t in TERMS}, True, d_terms=ADV)  # as train() calls it before a D step
     with torch.no_grad():
         fake_img = gen(batch["input"])
     for t in ADV:
