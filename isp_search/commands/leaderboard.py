@@ -21,7 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="write to this file (html default: results/leaderboard.html)")
     p.set_defaults(func=run_show)
     sub = p.add_subparsers(dest="lb_command", metavar="ACTION")
-    add = sub.add_parser("add", help="evaluate, export, benchmark and add an external checkpoint as a baseline row",
+    # allow_abbrev=False: `--format` must not silently mean --formats (nor --data-format)
+    add = sub.add_parser("add", allow_abbrev=False, help="evaluate, export, benchmark and add an external checkpoint as a baseline row",
                          description="For a checkpoint not trained by a search (e.g. the paper's published weights). "
                          "The model is exported at --size (default Full HD), gated, timed and added; a model refused "
                          "at any stage gets no row and the command exits 1 naming the reason.")
