@@ -177,12 +177,12 @@ def run(args: argparse.Namespace) -> int:
           f"({ld['items_per_s_per_worker']:.0f} per worker; {res['cpu_cores']} CPU cores here)")
     if "step_ms" in res:
         where = f" on {res['step_device']}" if "step_device" in res else " (--step-ms)"
-        print(f"  training step{where}: {res['step_ms']:.0f} ms -> consumes {res['step_items_per_s']:.0f} items/s")
+        print(f"  training step{where}: {res['step_ms']:.0f} ms -> consumes {res['step_items_per_s']:.3g} items/s")
         if res["data_bound"]:
             need = res["step_items_per_s"] / max(ld["items_per_s_per_worker"], 1e-9)
             pack = "" if res["source"] == "packed" else "pack the images (--pack) or "
             print(f"  data is the bottleneck: the loader gives {ld['items_per_s']:.0f} of "
                   f"{res['step_items_per_s']:.0f} items/s; {pack}use >= {need:.0f} workers (data.workers)")
         else:
-            print(f"  data keeps up: the loader gives {ld['items_per_s']:.0f} >= {res['step_items_per_s']:.0f} items/s")
+            print(f"  data keeps up: the loader gives {ld['items_per_s']:.0f} >= {res['step_items_per_s']:.3g} items/s")
     return 0
