@@ -5,6 +5,7 @@ update share SPEC §5 says (norm mᵢ), all checked against computations written
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -90,7 +91,7 @@ def test_d_step_raises_real_minus_fake_for_every_discriminator(setup):
     traj = d_steps(nets, batch, gen, discs, 3)
     for t in ADV:
         seq = [g[t] for g in traj]
-        assert all(b > a + 1e-4 * scale[t] for a, b in zip(seq, seq[1:])), (t, seq)  # every step, not just net
+        assert all(b > a + 1e-4 * scale[t] for a, b in itertools.pairwise(seq)), (t, seq)  # every step, not just net
 
 
 def test_d_loss_is_relativistic_plus_r1_r2_on_feature_tensors(setup):

@@ -9,8 +9,16 @@ import torch
 
 from isp_search.train.discriminators import DISCRIMINATORS, create_discriminator
 from isp_search.train.losses import (
-    LOSSES, blur, color_loss, discriminator_loss, dped_kernel, lab_lightness3, relativistic_d, relativistic_g,
-    tv_loss, zero_centered_penalty,
+    LOSSES,
+    blur,
+    color_loss,
+    discriminator_loss,
+    dped_kernel,
+    lab_lightness3,
+    relativistic_d,
+    relativistic_g,
+    tv_loss,
+    zero_centered_penalty,
 )
 
 torch.set_num_threads(1)
@@ -176,8 +184,7 @@ def test_random_feature_networks_are_identical_in_two_fresh_processes():
 def test_feature_inputs_reference_and_normalized(inputs):
     """``features.input``: reference = [ref]'s inputs (grayscale [0, 1] straight into the AlexNet trunk, blurred
     [0, 1] RGB into the ViT); normalized = LPIPS's input scaling / the ViT's mean-std."""
-    from isp_search.train.features import LPIPSAlexTrunk, ViTTokens
-    from isp_search.train.features import LPIPS_SCALE, LPIPS_SHIFT
+    from isp_search.train.features import LPIPS_SCALE, LPIPS_SHIFT, LPIPSAlexTrunk, ViTTokens
 
     alex = LPIPSAlexTrunk("random", inputs)
     gray = torch.rand(1, 1, 40, 40)
