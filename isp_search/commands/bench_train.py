@@ -29,7 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _print_variant(name: str, v: dict) -> None:
-    print(f"{name}: {v['step_ms']:.1f} ms/step, {v['flops_per_step'] / 1e9:.3f} GFLOP/step, "
+    print(f"{name}: {v['step_ms']:.1f} ms/step ({v['step_cpu_ms']:.1f} CPU ms), {v['flops_per_step'] / 1e9:.3f} "
+          "GFLOP/step, "
           f"frozen backward passes {v['frozen_backward_passes']:g} {v['frozen_backward_passes_by_branch']}")
     for k, ms in v["time_ms"].items():
         print(f"  {k:15s} {ms:9.1f} ms")
@@ -59,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
               "fewer than without")
     if "naive" in res:
         _print_variant("naive (textbook DLA)", res["naive"])
-        print(f"naive_ratio {res['naive_ratio']:.3f} (ms), FLOPs ratio {res['naive_flops_ratio']:.3f}; frozen "
+        print(f"naive_ratio {res['naive_ratio']:.3f} (ms; CPU ms {res['naive_cpu_ratio']:.3f}), FLOPs ratio "
+              f"{res['naive_flops_ratio']:.3f}; frozen "
               f"backward passes naive {res['naive']['frozen_backward_passes']:g} (terms {res['n_terms_with_branch']}"
               f" + branches {res['n_branches']}), ours {res['frozen_backward_passes']:g}")
     return 0

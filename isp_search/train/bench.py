@@ -182,41 +182,51 @@ class _Setup:
         return time.perf_counter() - t0
 
 
-def _measure(s: _Setup, it, steps: int, naive: bool, cache: RealCache | None) -> dict[str, Any]:
-    """Time ``steps`` steps (after one warm-up) and count one step's FLOPs for one variant."""
-    timer: dict[str, float] = {}
-    counter: Counter = Counter()
-    total = 0.0
-    for i in range(steps + 1):  # step 0 is a warm-up
-        t0 = time.perf_counter()
-        batch = next(it)
-        step_timer: dict[str, float] = {"data_wait": time.perf_counter() - t0}
+class _Variant:
+    """One way of stepping (ours, ours with the cache, naive): its timings, backward counts and FLOPs."""
+
+    def __init__(self, s: _Setup, naive: bool, cache: RealCache | None) -> None:
+        self.s, self.naive, self.cache = s, naive, cache
+        self.timer: dict[str, float] = {}
+        self.counter: Counter = Counter()
+        self.total = self.cpu = 0.0
+
+    def step(self, batch: dict, data_wait: float, timed: bool) -> None:
+        s = self.s
+        t0, c0 = time.perf_counter(), time.process_time()
+        step_timer: dict[str, float] = {"data_wait": data_wait}
         step_counter: Counter = Counter()
-        br = s.g_step(batch, naive, cache, step_counter, step_timer)
+        br = s.g_step(batch, self.naive, self.cache, step_counter, step_timer)
         g_s = time.perf_counter() - t0
         for g, (_, _, every) in s.groups.items():
             t = time.perf_counter()
-            s.d_step(g, br, naive)
+            s.d_step(g, br, self.naive)
             step_timer[f"d_step_{g}"] = (time.perf_counter() - t) / every  # at its real ratio
-        if i > 0:
-            total += g_s + sum(v for k, v in step_timer.items() if k.startswith("d_step_"))
+        if timed:
+            d_s = sum(v for k, v in step_timer.items() if k.startswith("d_step_"))
+            self.total += data_wait + g_s + d_s
+            self.cpu += time.process_time() - c0  # this process's CPU seconds: what other load does not inflate
             for k, v in step_timer.items():
-                timer[k] = timer.get(k, 0.0) + v
-            counter.update(step_counter)
-    batch = next(it)
-    holder: dict[str, Any] = {}
-    g_flops = count_flops(lambda: holder.update(br=s.g_step(batch, naive, cache)))
-    d_flops = {g: count_flops(lambda g=g: s.d_step(g, holder["br"], naive)) for g in s.groups}
-    passes = {b: counter[b] / steps for b in sorted(s.branches)}
-    return {"step_ms": 1000 * total / steps, "time_ms": {k: 1000 * v / steps for k, v in timer.items()},
-            "flops_per_step": g_flops + sum(d_flops[g] / s.groups[g][2] for g in s.groups),
-            "flops_generator_step": g_flops, "flops_d_step": d_flops,
-            "frozen_backward_passes_by_branch": passes, "frozen_backward_passes": sum(passes.values())}
+                self.timer[k] = self.timer.get(k, 0.0) + v
+            self.counter.update(step_counter)
+
+    def result(self, batch: dict, steps: int) -> dict[str, Any]:
+        s = self.s
+        holder: dict[str, Any] = {}
+        g_flops = count_flops(lambda: holder.update(br=s.g_step(batch, self.naive, self.cache)))
+        d_flops = {g: count_flops(lambda g=g: s.d_step(g, holder["br"], self.naive)) for g in s.groups}
+        passes = {b: self.counter[b] / steps for b in sorted(s.branches)}
+        return {"step_ms": 1000 * self.total / steps, "step_cpu_ms": 1000 * self.cpu / steps,
+                "time_ms": {k: 1000 * v / steps for k, v in self.timer.items()},
+                "flops_per_step": g_flops + sum(d_flops[g] / s.groups[g][2] for g in s.groups),
+                "flops_generator_step": g_flops, "flops_d_step": d_flops,
+                "frozen_backward_passes_by_branch": passes, "frozen_backward_passes": sum(passes.values())}
 
 
 def bench_train(cfg: TrainConfig, steps: int = 5, against_naive: bool = False,
                 compare_cache: bool = False) -> dict[str, Any]:
-    """Profile ``steps`` training steps of ``cfg`` (see the module docstring); returns one flat-ish dict."""
+    """Profile ``steps`` training steps of ``cfg`` (see the module docstring); returns one flat-ish dict. The
+    variants take turns on the same batches, step by step, so a change in machine load hits them alike."""
     if compare_cache:
         from isp_search.configio import to_dict
         from isp_search.train.config import train_config_from_dict
@@ -229,30 +239,40 @@ def bench_train(cfg: TrainConfig, steps: int = 5, against_naive: bool = False,
     try:
         dtype = "float32"  # bench-train runs without autocast
         use = cfg.features.cache_real and not compare_cache  # --compare-cache: ours without, then with
-        cache = open_real_cache(cfg, s.ds, s.nets, s.device, dtype, tmp) if use else None
-        fill_s = s.fill(cache) if cache is not None else None
+        on = replace(cfg, features=replace(cfg.features, cache_real=True))
+        caches = {}
+        if use or compare_cache:
+            caches["cache"] = open_real_cache(on, s.ds, s.nets, s.device, dtype, tmp)
+            caches["fill_s"] = s.fill(caches["cache"])
+        variants = {"ours": _Variant(s, False, caches["cache"] if use else None)}
+        if compare_cache:
+            variants["cache"] = _Variant(s, False, caches["cache"])
+        if against_naive:
+            variants["naive"] = _Variant(s, True, None)
+        for i in range(steps + 1):  # step 0 is a warm-up
+            t0 = time.perf_counter()
+            batch = next(it)
+            wait = time.perf_counter() - t0
+            for v in variants.values():
+                v.step(batch, wait, timed=i > 0)
+        batch = next(it)
+        out = {k: v.result(batch, steps) for k, v in variants.items()}
+        ours = out["ours"]
         res: dict[str, Any] = {"config_mode": cfg.mode, "arch": cfg.model.arch, "device": str(s.device),
                                "steps": steps, "batch_size": min(cfg.train.batch_size, len(s.ds)),
-                               "cache_real": cache is not None,
-                               "d_every": {g: v[2] for g, v in s.groups.items()}}
-        ours = _measure(s, it, steps, naive=False, cache=cache)
-        res.update(ours)
-        if cache is not None:
-            res.update(cache_fill_s=fill_s, cache_bytes=cache.nbytes(), cache_hits=cache.hits)
+                               "cache_real": use, "d_every": {g: v[2] for g, v in s.groups.items()}, **ours}
+        if use:
+            res.update(cache_fill_s=caches["fill_s"], cache_bytes=caches["cache"].nbytes())
         if compare_cache:
-            on = replace(cfg, features=replace(cfg.features, cache_real=True))
-            cache = open_real_cache(on, s.ds, s.nets, s.device, dtype, tmp)
-            fill_s = s.fill(cache)
-            with_cache = _measure(s, it, steps, naive=False, cache=cache)
-            res["cache_real_variant"] = {**with_cache, "cache_fill_s": fill_s, "cache_bytes": cache.nbytes()}
+            res["cache_real_variant"] = {**out["cache"], "cache_fill_s": caches["fill_s"],
+                                         "cache_bytes": caches["cache"].nbytes()}
         if against_naive:
-            naive = _measure(s, it, steps, naive=True, cache=None)
-            res["naive"] = naive
-            res["naive_ratio"] = naive["step_ms"] / ours["step_ms"]
-            res["naive_flops_ratio"] = naive["flops_per_step"] / ours["flops_per_step"]
+            res["naive"] = out["naive"]
+            res["naive_ratio"] = out["naive"]["step_ms"] / ours["step_ms"]
+            res["naive_cpu_ratio"] = out["naive"]["step_cpu_ms"] / ours["step_cpu_ms"]
+            res["naive_flops_ratio"] = out["naive"]["flops_per_step"] / ours["flops_per_step"]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    batch = next(it)
     with torch.no_grad():
         y = s.gen(batch["input"]).float()
     floor = floor_flops(s.nets, batch, y, s.branches, s.lab, s.ref)
