@@ -213,13 +213,14 @@ def test_leaderboard_class_scores_rows_written_directly(tmp_path):
     board.append(dict(model_id="a", psnr=20.0, latency_ms=10.0, lpips=0.2, latency_target="adb:R5CW"))
     board.append(dict(model_id="b", psnr=19.0, latency_ms=20.0, lpips=0.3, latency_target="qai-hub:Samsung Galaxy S24"))
     board.append(dict(model_id="c", psnr=25.0, latency_ms=5.0, lpips=0.3, latency_target="cpu", mai_score=1e9))
+    board.append(dict(model_id="d", psnr=25.0, latency_ms=5.0, lpips=0.3, latency_target="cpu"))
     table = board.read()
     # the MAI score is defined on a phone GPU: never computed from (or kept for) a CPU time, and labelled
-    assert table.column("mai_score").to_pylist() == [2.0**40 / 10.0, 2.0**38 / 20.0, None]
-    assert table.column("mai_target").to_pylist() == ["adb:R5CW", "qai-hub:Samsung Galaxy S24", None]
+    assert table.column("mai_score").to_pylist() == [2.0**40 / 10.0, 2.0**38 / 20.0, None, None]
+    assert table.column("mai_target").to_pylist() == ["adb:R5CW", "qai-hub:Samsung Galaxy S24", None, None]
     table = table.slice(0, 2)
     assert LB.pareto_front(table, {"lpips": "min", "psnr": "max", "latency_ms": "min"}) == [True, False]
-    assert board.to_pandas()["model_id"].tolist() == ["a", "b", "c"]
+    assert board.to_pandas()["model_id"].tolist() == ["a", "b", "c", "d"]
 
 
 def test_parity_is_typed_and_an_older_table_is_read_into_the_schema(tmp_path):
