@@ -64,7 +64,7 @@ def _adb_error(what: str, res: subprocess.CompletedProcess) -> UserError:
 
 def _run(base: list[str], args: list[str], what: str) -> subprocess.CompletedProcess:
     try:
-        res = subprocess.run(base + args, capture_output=True, text=True, timeout=600)
+        res = subprocess.run(base + args, capture_output=True, text=True, timeout=600, check=False)
     except subprocess.TimeoutExpired:
         raise UserError(f"{what}: adb gave no answer within 600 s") from None
     if res.returncode != 0:
@@ -98,7 +98,7 @@ def bench_adb(model: str | os.PathLike, benchmark_binary: str | os.PathLike, ser
     check_adb(benchmark_binary, adb)
     target = f"adb:{serial}" if serial else "adb"
     base = [adb] + (["-s", serial] if serial else [])
-    state = subprocess.run(base + ["get-state"], capture_output=True, text=True, timeout=60)
+    state = subprocess.run(base + ["get-state"], capture_output=True, text=True, timeout=60, check=False)
     if state.returncode != 0 or state.stdout.strip() != "device":
         raise _adb_error(f"--target {target}: no device ready (adb get-state)", state)
     for f in (model, benchmark_binary):
@@ -107,14 +107,14 @@ def bench_adb(model: str | os.PathLike, benchmark_binary: str | os.PathLike, ser
     _run(base, ["shell", "chmod", "+x", rbin], f"adb shell chmod +x {rbin}")
     cmd = [rbin, f"--graph={rmodel}", "--use_gpu=true", "--gpu_precision_loss_allowed=true",
            f"--num_runs={runs}", f"--warmup_runs={warmup}"]
-    res = subprocess.run(base + ["shell", " ".join(cmd)], capture_output=True, text=True, timeout=900)
+    res = subprocess.run(base + ["shell", " ".join(cmd)], capture_output=True, text=True, timeout=900, check=False)
     try:
         out = parse_benchmark_model(res.stdout + res.stderr)
     except ValueError:
         raise _adb_error("benchmark_model on the device", res) from None
 
     def prop(name: str) -> str:
-        return subprocess.run(base + ["shell", "getprop", name], capture_output=True, text=True).stdout.strip()
+        return subprocess.run(base + ["shell", "getprop", name], capture_output=True, text=True, check=False).stdout.strip()
 
     out.update(target=target, runtime="tflite-benchmark_model", device=prop("ro.product.model"),
                soc=prop("ro.soc.model") or prop("ro.board.platform"), threads=None, model=str(model),

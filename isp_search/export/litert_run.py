@@ -44,7 +44,7 @@ def run_batches(path: str | os.PathLike, batches: dict[str, np.ndarray], threads
         np.savez(src, **batches)
         cmd = [sys.executable, "-m", "isp_search.export.litert_run", str(path), str(src), str(dst),
                str(threads or 0), "1" if plain else "0"]
-        res = subprocess.run(cmd, capture_output=True, text=True)
+        res = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if res.returncode != 0:
             lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
             raise RuntimeError(lines[-1] if lines else f"LiteRT child exited {res.returncode}")

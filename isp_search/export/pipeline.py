@@ -151,8 +151,9 @@ def export_model(source: LoadedGenerator | str | os.PathLike, out_dir: str | os.
     ``preset`` overrides the normalisation (the preset gate refuses one the weights were not trained with);
     ``fold_dcr=False`` leaves the pixel shuffle as exported by PyTorch (the op gate refuses it).
     """
-    from isp_search.export import tflite_export as T
     import onnxruntime as ort
+
+    from isp_search.export import tflite_export as T
 
     loaded = source if isinstance(source, LoadedGenerator) else load_generator(source, arch=arch, preset=preset)
     out = Path(out_dir).resolve()  # export.json and leaderboard rows carry absolute artifact paths

@@ -10,7 +10,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from isp_search.errors import UserError
@@ -193,8 +192,8 @@ def publish(source: LoadedGenerator | str | os.PathLike, out_dir: str | os.PathL
     if not result.passed:
         return Published(model_id, result, None)
     if metrics is None and data is not None:
-        from isp_search.metrics import evaluate_model
         from isp_search.data.dataset import RawRGBDataset
+        from isp_search.metrics import evaluate_model
 
         ds = RawRGBDataset(data[0], data[1], "test", loaded.spec, preset=loaded.preset, with_reference=False)
         metrics = {**evaluate_model(loaded.model, loaded.spec, ds, weights_mode=weights_mode), "split": "test"}
