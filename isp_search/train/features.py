@@ -36,7 +36,7 @@ def freeze(module: nn.Module) -> nn.Module:
 
 
 class _Frozen(nn.Module):
-    def train(self, mode: bool = True) -> "_Frozen":  # a frozen network stays in eval mode
+    def train(self, mode: bool = True) -> _Frozen:  # a frozen network stays in eval mode
         return super().train(False)
 
 
