@@ -220,7 +220,8 @@ storage: {{path: {work / 'search'}}}
 export: {{top_k: 0, results: {work / 'results'}}}
 """)
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
-           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}  # our own token: no ~/.ray file
+           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),  # our own token: no ~/.ray file
+           "RAY_memory_monitor_refresh_ms": "0"}  # tiny trials: never OOM-killed for what others use on the host
     for k in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH"):
         env.pop(k, None)
     head = RayHead(4 if cuda else 2, 1 if cuda else 0, env)

@@ -28,7 +28,8 @@ def test_gpu_check_reduced_runs_every_check(tmp_path):
     by = {x["check"]: x for x in lines}
     assert list(by) == ["device", "step", "bench_train", "search", "export", "summary"], r.stderr[-3000:]
     failed = {k: v for k, v in by.items() if not v["ok"]}
-    assert r.returncode == 0 and not failed, json.dumps(failed)[-3000:]
+    tails = {k: v.pop("log_tail", "")[-1500:] for k, v in failed.items()}
+    assert r.returncode == 0 and not failed, json.dumps(failed)[:3000] + json.dumps(tails)
     assert all(x["reduced"] for x in lines) and by["device"]["auto_device"] == "cpu"
     step = by["step"]
     assert step["device"] == "cpu" and step["status"] == "completed" and step["steps"] == 4
