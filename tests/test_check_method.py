@@ -31,5 +31,5 @@ def test_check_method_moves_colour_toward_target_and_keeps_structure(tmp_path, c
     assert code == 0, res["status"]
     before, after = res["before"], res["after"]
     assert before["distance"] > 5.0  # the problem is not already solved by pretraining
-    assert after["distance"] < 0.8 * before["distance"], (before, after)  # moved at least 20 % of the way
-    assert after["ssim_L"] > 0.6 and after["ssim_L"] > before["ssim_L"] - 0.2, (before, after)
+    assert after["distance"] < 0.6 * before["distance"], (before, after)  # measured: 25.1 -> 4.8
+    assert after["ssim_L"] > 0.5 and after["ssim_L"] > before["ssim_L"] - 0.1, (before, after)  # 0.62 -> 0.60
