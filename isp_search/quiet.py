@@ -33,6 +33,8 @@ NOISE_PATTERNS = (
     r"\b[IW]\d{4} \d\d:\d\d:[\d.]+\s+\d+ [\w.]+:\d+\]",
     # the spurious errors TF prints when torch has already registered the CUDA libraries
     r"\bE\d{4} .*(Unable to register cu(DNN|FFT|BLAS) factory|computation placer already registered)",
+    # a CUDA build of TF on a machine without a usable GPU (TF only converts here; torch owns the GPU)
+    r"\bE\d{4} .*failed call to cuInit",
     r"^To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags",
     r"^INFO: (Created TensorFlow Lite XNNPACK delegate for CPU|Initialized TensorFlow Lite runtime)",
     r"^fully_quantize: \d+, inference_type: \d+",
@@ -116,6 +118,10 @@ def _after_import(name: str, module: Any) -> None:
         _patch_calls(module, QUIET_CALLS[name])
     if name == "tensorflow":
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
+        # TF only converts and analyses models here, never computes on a GPU: hide the GPUs from it now, inside the
+        # filter, so its CUDA platform is not initialised later (the "failed call to cuInit" line) mid-search.
+        with native_stderr_filtered(), contextlib.suppress(Exception):
+            module.config.set_visible_devices([], "GPU")
     elif name == "optuna":  # "A new study created ..." per study; the search summary names the study
         with contextlib.suppress(Exception):
             module.logging.set_verbosity(module.logging.WARNING)

@@ -49,6 +49,15 @@ def test_the_noise_is_real_here():
     assert r.returncode == 0 and _noise(r.stderr), r.stderr[-2000:]
 
 
+def test_tf_device_listing_prints_no_cuinit_line():
+    """Found in `make demo`: the search's export made TF list its devices after import, and a CUDA build of TF on a
+    machine without a usable GPU printed "E0000 ... failed call to cuInit" outside the import filter."""
+    code = "import isp_search, tensorflow as tf; print('devices', len(tf.config.get_visible_devices()))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "devices" in out and not _noise(out), _noise(out) or out[-2000:]
+
+
 @pytest.mark.slow
 def test_export_bench_and_leaderboard_add_print_no_library_noise(tmp_path, synth_root):
     torch.manual_seed(0)
