@@ -267,7 +267,9 @@ def format_summary(summary: PostSummary, space: SearchSpace, exp: Experiment) ->
                        ("added" + (f" ({e.note})" if e.note else "")) if e.exported else (e.note or "–"),
                        ", ".join(f"{k}={_short(v)}" for k, v in e.params.items())])
     widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
-    lines.append(f"Pareto-optimal trials ({space.export.top_k} exported, spread along the front):")
+    n_exported = sum(e.exported for e in summary.pareto)
+    lines.append(f"Pareto-optimal trials ({len(summary.pareto)}; {n_exported} exported of top_k="
+                 f"{space.export.top_k}, spread along the front):")
     lines.append("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows] or ["(no COMPLETE trial)"]
     for t in final_trials(summary.study, (TrialState.FAIL,)):
