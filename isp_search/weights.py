@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 from isp_search.errors import UserError
+from isp_search.hashing import file_sha256
 from isp_search.registry import Registry
 
 WeightsMode = Literal["pretrained", "random"]
@@ -157,11 +158,7 @@ def sha256_matches(path: Path, prefix: str | None) -> bool | None:
     """Whether the file's SHA-256 starts with ``prefix`` (None when no prefix is known)."""
     if not prefix:
         return None
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest().startswith(prefix)
+    return file_sha256(path).startswith(prefix)
 
 
 def status(verify: bool = False) -> list[dict]:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from isp_search.errors import UserError
+from isp_search.hashing import file_sha256
 from isp_search.export import gates as G
 from isp_search.export.litert_run import run_batches
 from isp_search.export.onnx_export import example_input, export_onnx
@@ -42,12 +43,7 @@ class ExportResult:
     bytes: dict[str, int] = field(default_factory=dict)
 
 
-def sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+sha256 = file_sha256  # the name export rows and tests use
 
 
 def parse_formats(text: str) -> list[str]:

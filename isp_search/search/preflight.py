@@ -27,7 +27,7 @@ from typing import Any
 
 from isp_search.configio import Source, load_yaml
 from isp_search.errors import UserError
-from isp_search.search.space import Param, SearchSpace, to_overrides
+from isp_search.search.space import Param, SearchSpace, _NearestSource, to_overrides
 
 # frozen network of the trainer -> the weight files it loads (isp_search.weights names)
 NET_FILES = {"vgg": ("vgg19",), "vit": ("vit_b16",), "alex": ("alexnet",),
@@ -51,16 +51,7 @@ def _locator(path: str | None) -> Callable[[str], str]:
         _, src = load_yaml(path) if path else (None, Source("<inline>"))
     except UserError:
         src = Source(str(path))
-
-    def where(key: str) -> str:
-        k = key
-        while k:
-            if k in src.lines:
-                return f"{src.file}:{src.lines[k]}"
-            k = k.rsplit(".", 1)[0] if "." in k else (k.rsplit("[", 1)[0] if "[" in k else "")
-        return src.file
-
-    return where
+    return _NearestSource(src.file, src.lines).where
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from isp_search.errors import UserError
+from isp_search.hashing import file_sha256
 
 RECORD = "pretrain.json"  # in the experiment folder: the run the trials start from (see ``record``)
 
@@ -84,12 +85,6 @@ def run_dir_of(space: Any, cfg: Any) -> Path:
     return pretrain_root(space) / f"{cfg.name or Path(space.pretrain.config).stem}-{config_key(cfg)}"
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _remote_run(cfg: Any, run_dir: str, hold_marker: str | None) -> dict[str, Any]:

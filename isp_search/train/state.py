@@ -83,15 +83,10 @@ def checkpoint_sha256(init_from: str | None) -> str | None:
     """sha256 of the checkpoint file ``init_from`` resolves to (run.json records what a run started from)."""
     if not init_from or "://" in init_from:
         return None
-    import hashlib
-
+    from isp_search.hashing import file_sha256
     from isp_search.models.checkpoint import resolve_checkpoint_path
 
-    h = hashlib.sha256()
-    with open(resolve_checkpoint_path(init_from), "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_sha256(resolve_checkpoint_path(init_from))
 
 
 def resolve_resume(path: str | os.PathLike) -> Path:
