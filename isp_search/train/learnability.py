@@ -9,8 +9,12 @@ structure. Measured on the val split (scenes the training never saw), whose know
 under the same look: the distance between the mean CIE LAB (L, a*, b*) of the outputs and of those answers before
 and after the unpaired stage, and the SSIM of the output's luminance to the reference's.
 
-If the GAN is broken (real and fake swapped, the discriminators not learning, the adversarial gradient reversed or
-drowned by the other terms), the distance does not shrink: that is what the check is for.
+Then :mod:`isp_search.train.mechanism` probes the trained models on the val split: each discriminator's margin
+D(real) − D(fake), each discriminator update against SPEC §4's loss (R1/R2 on the feature tensors) and each
+generator term's DLA share (SPEC §5). :func:`verdict` passes the check only if all of them hold: a GAN that is
+broken so that the colour still moves (real and fake swapped in both losses, DLA not applied, R1/R2 on the
+images) fails on its mechanism; one broken so that it does not (real and fake swapped in one loss, the
+discriminators not learning, the adversarial gradient reversed) fails on the distance as well.
 """
 
 from __future__ import annotations
@@ -44,6 +48,13 @@ class CheckSize:
     unpaired_steps: int = 120
     batch: int = 4
 
+
+# What the check asserts (:func:`verdict`)
+MOVE_BELOW = 0.6  # the distance after the unpaired stage is below this fraction of the distance before
+SSIM_SLACK = 0.1  # structure kept: the outputs' SSIM(L) to the reference at least the known answer's own, less this
+# (the answer is the ground truth under the look: its SSIM(L) to the noisy RAW's reference is itself ~0.5-0.6)
+D_UPDATE_TOL = 1e-3  # relative error of a discriminator update against SPEC §4's gradient
+DLA_TOL = 1e-3  # |share − ‖∇θLᵢ‖/(‖∇θLᵢ‖ + eps)| of every generator term with DLA on
 
 SIZES = {"full": CheckSize(), "small": CheckSize(n_train=16, n_val=4, pretrain_steps=200, unpaired_steps=60)}
 
@@ -105,17 +116,19 @@ def luminance_ssim(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @torch.no_grad()
 def measure(run_dir: Path, val, target_lab: torch.Tensor) -> dict[str, float]:
-    """Distance of the final generator's mean LAB on ``val`` to the target domain's, and luminance SSIM to the
-    reference."""
+    """Distance of the final generator's mean LAB on ``val`` to the target domain's, luminance SSIM to the
+    reference, and PSNR to the known answer (each val scene's ground truth under the look)."""
     from isp_search.models.checkpoint import load_generator
 
     gen = load_generator(run_dir / "checkpoints" / "last.pt").model.eval()
     items = [val[i] for i in range(len(val))]
     out = gen(torch.stack([it["input"] for it in items])).clamp(0, 1)
     ref = torch.stack([it["reference"] for it in items])
+    answer = torch.stack([it["paired_target"] for it in items])
     lab = lab_means(out)
     return {"distance": float((lab - target_lab).norm()), "L": float(lab[0]), "a": float(lab[1]),
-            "b": float(lab[2]), "ssim_L": luminance_ssim(out, ref)}
+            "b": float(lab[2]), "ssim_L": luminance_ssim(out, ref),
+            "psnr_to_answer": float(-10 * torch.log10(((out - answer) ** 2).mean()))}
 
 
 def check_method(size: str | CheckSize = "full", work_dir: str | Path | None = None, seed: int = 0,
@@ -127,6 +140,7 @@ def check_method(size: str | CheckSize = "full", work_dir: str | Path | None = N
 
     from isp_search.train.config import apply_overrides
     from isp_search.train.loop import make_datasets, train
+    from isp_search.train.mechanism import probe
 
     t0 = time.time()
     sz = SIZES[size] if isinstance(size, str) else size
@@ -143,15 +157,68 @@ def check_method(size: str | CheckSize = "full", work_dir: str | Path | None = N
         un = train(un_cfg, work / "unpaired")
         val = make_datasets(un_cfg)["val"]
         # the known answer: the val scenes' own ground truth under the target look (never seen in training)
-        target_lab = lab_means(torch.stack([val[i]["paired_target"] for i in range(len(val))]))
+        answer = torch.stack([val[i]["paired_target"] for i in range(len(val))])
+        target_lab = lab_means(answer)
         before, after = measure(work / "pretrain", val, target_lab), measure(work / "unpaired", val, target_lab)
-        return {"size": asdict(sz), "seed": seed, "target": dict(zip("Lab", map(float, target_lab))),
+        items = [val[i] for i in range(len(val))]
+        held_out = {"input": torch.stack([it["input"] for it in items]),
+                    "reference": torch.stack([it["reference"] for it in items]),
+                    "target": torch.stack([it["paired_target"] for it in items])}
+        mech = probe(work / "unpaired", un_cfg, held_out) if un["status"] == "completed" else None
+        res = {"size": asdict(sz), "seed": seed, "target": dict(zip("Lab", map(float, target_lab))),
+               "answer_ssim_L": luminance_ssim(answer, held_out["reference"]),
                 "before": before, "after": after, "moved": 1 - after["distance"] / max(before["distance"], 1e-9),
                 "val_psnr_to_target": {"before": pre["val"].get("psnr"), "after": un["val"].get("psnr")},
-                "status": {"pretrain": pre["status"], "unpaired": un["status"]}, "elapsed_s": time.time() - t0}
+                "status": {"pretrain": pre["status"], "unpaired": un["status"]}, "mechanism": mech,
+               "dla": un_cfg.losses.dla}
+        res["verdict"] = verdict(res)
+        res["passed"] = all(v["ok"] for v in res["verdict"].values())
+        res["elapsed_s"] = time.time() - t0
+        return res
     finally:
         if tmp is not None:
             tmp.cleanup()
+
+
+def verdict(res: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each criterion of the check: ``{"ok": bool, "detail": str}`` (see the constants above for the bounds)."""
+    from isp_search.train.losses import LOSSES
+
+    b, a = res["before"], res["after"]
+    out = {
+        "trained": {"ok": res["status"] == {"pretrain": "completed", "unpaired": "completed"},
+                    "detail": f"pretrain {res['status']['pretrain']}, unpaired {res['status']['unpaired']}"},
+        "moved": {"ok": a["distance"] < MOVE_BELOW * b["distance"],
+                  "detail": f"distance {b['distance']:.2f} -> {a['distance']:.2f} (must end below "
+                            f"{MOVE_BELOW:g}x)"},
+        "structure": {"ok": a["ssim_L"] >= res["answer_ssim_L"] - SSIM_SLACK,
+                      "detail": f"SSIM(L) to the reference {b['ssim_L']:.3f} -> {a['ssim_L']:.3f} (the known answer's "
+                                f"{res['answer_ssim_L']:.3f}; must stay above it less {SSIM_SLACK:g})"},
+        "answer": {"ok": a["psnr_to_answer"] > b["psnr_to_answer"],
+                   "detail": f"PSNR to the known answer {b['psnr_to_answer']:.2f} -> {a['psnr_to_answer']:.2f} dB "
+                             f"(must rise)"},
+    }
+    mech = res.get("mechanism")
+    if mech is None:
+        return out | {"mechanism": {"ok": False, "detail": "not probed: the unpaired stage did not complete"}}
+    ds = mech["discriminators"]
+    judged = [t for t in ds if LOSSES.get(t).group == "color"]  # the look is a colour/tone gap: the colour D's job
+    out["margin"] = {"ok": bool(judged) and all(ds[t]["margin"] > 0 for t in judged),
+                     "detail": "D(real) - D(fake) on held-out images " + ", ".join(
+                         f"{t.removeprefix('adv_')} {d['margin']:+.2e}" for t, d in ds.items())
+                               + " (the colour discriminator's must be > 0; the texture ones, on grayscale, have no "
+                                 "texture gap to find here and are shown only)"}
+    err = mech["d_update_error"]
+    out["d_update"] = {"ok": all(e < D_UPDATE_TOL for e in err.values()),
+                       "detail": "relative error vs SPEC §4 (R1/R2 on features) " + ", ".join(
+                           f"{t.removeprefix('adv_')} {e:.1e}" for t, e in err.items()) + f" (< {D_UPDATE_TOL:g})"}
+    sh = mech["dla_share"]
+    if res.get("dla", True):
+        out["dla"] = {"ok": all(abs(v["share"] - v["expected"]) < DLA_TOL for v in sh.values()),
+                      "detail": "share of the update " + ", ".join(
+                          f"{t.removeprefix('adv_')} {v['share']:.4f}" for t, v in sh.items())
+                                + f" (each ‖g‖/(‖g‖+eps) within {DLA_TOL:g}: SPEC §5)"}
+    return out
 
 
 def describe(res: dict[str, Any]) -> str:
@@ -160,11 +227,13 @@ def describe(res: dict[str, Any]) -> str:
     lines = [
         (f"target look on the val scenes, mean LAB: L {t['L']:.1f}, a* {t['a']:.1f}, b* {t['b']:.1f} (their ground "
          f"truth under a fixed colour cast and tone curve; random frozen networks)"),
-        (f"before unpaired (pretrained): L {b['L']:.1f}, a* {b['a']:.1f}, b* {b['b']:.1f}; distance "
-         f"{b['distance']:.2f}; SSIM(L) to reference {b['ssim_L']:.3f}"),
-        (f"after  unpaired:              L {a['L']:.1f}, a* {a['a']:.1f}, b* {a['b']:.1f}; distance "
-         f"{a['distance']:.2f}; SSIM(L) to reference {a['ssim_L']:.3f}"),
+        *(f"{label} L {m['L']:.1f}, a* {m['a']:.1f}, b* {m['b']:.1f}; distance {m['distance']:.2f}; SSIM(L) to "
+          f"reference {m['ssim_L']:.3f}; PSNR to the answer {m['psnr_to_answer']:.2f} dB"
+          for label, m in (("before unpaired (pretrained):", b), ("after  unpaired:             ", a))),
         (f"moved {100 * res['moved']:.0f}% of the way toward the target look in {res['size']['unpaired_steps']} "
          f"unpaired steps ({res['elapsed_s']:.0f} s in all)"),
     ]
+    for name, v in res["verdict"].items():
+        lines.append(f"{'ok  ' if v['ok'] else 'FAIL'} {name}: {v['detail']}")
+    lines.append("check-method: " + ("passed" if res["passed"] else "FAILED"))
     return "\n".join(lines)
