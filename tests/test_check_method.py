@@ -26,7 +26,7 @@ def _result(**over) -> dict:
     """A passing result in the shape :func:`check_method` returns (numbers as measured by the small check)."""
     res = {"status": {"pretrain": "completed", "unpaired": "completed"}, "dla": True, "answer_ssim_L": 0.47,
            "before": {"distance": 25.0, "ssim_L": 0.62, "psnr_to_answer": 12.6},
-           "after": {"distance": 4.8, "ssim_L": 0.60, "psnr_to_answer": 14.7},
+           "late": {"distance": 4.8, "ssim_L": 0.60, "psnr_to_answer": 14.7},
            "mechanism": {"discriminators": {"adv_color": {"margin": 7e-3}, "adv_relu1": {"margin": 1e-4},
                                             "adv_relu4": {"margin": -1e-7}},
                          "d_update_error": {"adv_color": 0.0, "adv_relu1": 0.0, "adv_relu4": 0.0},
@@ -42,9 +42,9 @@ def _result(**over) -> dict:
 
 
 @pytest.mark.parametrize("broken, criterion", [
-    ({"after.distance": 16.0}, "moved"),
-    ({"after.psnr_to_answer": 12.0}, "answer"),
-    ({"after.ssim_L": 0.3}, "structure"),
+    ({"late.distance": 16.0}, "moved"),
+    ({"late.psnr_to_answer": 12.0}, "answer"),
+    ({"late.ssim_L": 0.3}, "structure"),
     ({"mechanism.discriminators.adv_color.margin": -3e-3}, "margin"),
     ({"mechanism.d_update_error.adv_relu4": 1.0}, "d_update"),
     ({"mechanism.dla_share.adv_color": {"share": -1.0, "expected": 1.0}}, "dla"),
@@ -60,8 +60,9 @@ def test_verdict_fails_exactly_the_broken_criterion(broken, criterion):
 
 @pytest.mark.slow
 def test_check_method_moves_colour_toward_target_keeps_structure_and_mechanism(tmp_path, capsys):
-    """The small check: after the unpaired stage the outputs' mean LAB is much closer to the target domain's than the
-    pretrained start's, their PSNR to the known answer rises, the luminance structure is kept, and the trained
+    """The small check: late in the unpaired stage (the median of its second half's measurements) the outputs' mean
+    LAB is much closer to the target domain's than the pretrained start's, their PSNR to the known answer rises,
+    the luminance structure is kept, and the trained
     models' mechanism is SPEC §4–§5's. Every one of these mutations turns this test red (each applied in a scratch
     copy): real/fake swapped in the G loss, in the D loss, in both; the D optimiser step removed; DLA's weights not
     applied; the adversarial gradient sign flipped; R1/R2 on the images instead of the feature tensors."""
@@ -69,11 +70,13 @@ def test_check_method_moves_colour_toward_target_keeps_structure_and_mechanism(t
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     failed = {k: v["detail"] for k, v in res["verdict"].items() if not v["ok"]}
     assert code == 0 and res["passed"] and not failed, failed
-    before, after = res["before"], res["after"]
+    before, late = res["before"], res["late"]
+    assert len(late["steps"]) >= 5 and min(late["steps"]) > res["size"]["unpaired_steps"] / 2, late
     assert before["distance"] > 5.0  # the problem is not already solved by pretraining
-    assert after["distance"] < 0.6 * before["distance"], (before, after)  # measured: 25.05 -> 4.84
-    assert after["psnr_to_answer"] > before["psnr_to_answer"], (before, after)  # 12.59 -> 14.72 dB
-    assert after["ssim_L"] >= res["answer_ssim_L"] - 0.1, (after, res["answer_ssim_L"])  # 0.598 vs 0.472
+    assert late["distance"] < 0.6 * before["distance"], (before, late)  # measured: 25.05 -> 7.21 (final 4.84)
+    assert late["psnr_to_answer"] > before["psnr_to_answer"], (before, late)  # 12.59 -> 14.99 dB
+    bar = min(before["ssim_L"], res["answer_ssim_L"]) - 0.1  # 0.600 vs min(0.624, 0.472) - 0.1
+    assert late["ssim_L"] >= bar, (before, late, res["answer_ssim_L"])
     mech = res["mechanism"]
     assert mech["discriminators"]["adv_color"]["margin"] > 0, mech["discriminators"]  # +7.3e-3
     assert all(e < 1e-3 for e in mech["d_update_error"].values()), mech["d_update_error"]  # 0.0 each

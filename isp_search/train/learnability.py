@@ -47,12 +47,17 @@ class CheckSize:
     pretrain_steps: int = 300
     unpaired_steps: int = 120
     batch: int = 4
+    evals: int = 12  # measurements along the unpaired stage (the verdict takes the median of the last half)
 
 
 # What the check asserts (:func:`verdict`)
-MOVE_BELOW = 0.6  # the distance after the unpaired stage is below this fraction of the distance before
-SSIM_SLACK = 0.1  # structure kept: the outputs' SSIM(L) to the reference at least the known answer's own, less this
-# (the answer is the ground truth under the look: its SSIM(L) to the noisy RAW's reference is itself ~0.5-0.6)
+MOVE_BELOW = 0.6  # the distance late in the unpaired stage is below this fraction of the distance before
+# "Late": the median over the measurements in the stage's second half. A GAN wanders around its target from one
+# step to the next (full check, seed 0, every 20 steps from 120 to 240: distance 4.8, 1.4, 6.2, 18.5, 3.9, 5.4, 6.9),
+# so one final value would pass or fail by the luck of where the last step fell.
+SSIM_SLACK = 0.1  # structure kept: the outputs' SSIM(L) to the reference at least the lower of the pretrained
+# start's and the known answer's own, less this (the answer is the ground truth under the look: its SSIM(L) to the
+# noisy RAW's reference is itself 0.47-0.73 by seed, and the tone curve moves L away from the reference's)
 D_UPDATE_TOL = 1e-3  # relative error of a discriminator update against SPEC §4's gradient
 DLA_TOL = 1e-3  # |share − ‖∇θLᵢ‖/(‖∇θLᵢ‖ + eps)| of every generator term with DLA on
 
@@ -115,12 +120,12 @@ def luminance_ssim(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def measure(run_dir: Path, val, target_lab: torch.Tensor) -> dict[str, float]:
-    """Distance of the final generator's mean LAB on ``val`` to the target domain's, luminance SSIM to the
-    reference, and PSNR to the known answer (each val scene's ground truth under the look)."""
+def measure(checkpoint: Path, val, target_lab: torch.Tensor) -> dict[str, float]:
+    """Distance of the generator's mean LAB on ``val`` to the target domain's, luminance SSIM to the reference,
+    and PSNR to the known answer (each val scene's ground truth under the look). ``checkpoint``: a ``.pt`` file."""
     from isp_search.models.checkpoint import load_generator
 
-    gen = load_generator(run_dir / "checkpoints" / "last.pt").model.eval()
+    gen = load_generator(checkpoint).model.eval()
     items = [val[i] for i in range(len(val))]
     out = gen(torch.stack([it["input"] for it in items])).clamp(0, 1)
     ref = torch.stack([it["reference"] for it in items])
@@ -153,13 +158,24 @@ def check_method(size: str | CheckSize = "full", work_dir: str | Path | None = N
         root = build_problem(work / "data", sz, seed)
         pre_cfg, un_cfg = configs(root, sz, seed)
         pre = train(pre_cfg, work / "pretrain")
-        un_cfg = apply_overrides(un_cfg, {"model.init_from": str(work / "pretrain"), **(config_overrides or {})})
-        un = train(un_cfg, work / "unpaired")
+        un_cfg = apply_overrides(un_cfg, {"model.init_from": str(work / "pretrain"),
+                                          "train.eval_interval": max(1, sz.unpaired_steps // sz.evals),
+                                          **(config_overrides or {})})
         val = make_datasets(un_cfg)["val"]
         # the known answer: the val scenes' own ground truth under the target look (never seen in training)
         answer = torch.stack([val[i]["paired_target"] for i in range(len(val))])
         target_lab = lab_means(answer)
-        before, after = measure(work / "pretrain", val, target_lab), measure(work / "unpaired", val, target_lab)
+        trajectory: list[dict[str, float]] = []
+
+        def report(step: int, metrics: dict, checkpoint_dir) -> None:
+            trajectory.append({"step": step, **measure(Path(checkpoint_dir) / "last.pt", val, target_lab)})
+
+        un = train(un_cfg, work / "unpaired", report=report)
+        before = measure(work / "pretrain" / "checkpoints" / "last.pt", val, target_lab)
+        after = measure(work / "unpaired" / "checkpoints" / "last.pt", val, target_lab)
+        late_pts = [m for m in trajectory if m["step"] > un_cfg.train.steps / 2] or [{"step": -1, **after}]
+        late = {k: float(np.median([m[k] for m in late_pts])) for k in ("distance", "psnr_to_answer", "ssim_L")}
+        late["steps"] = [m["step"] for m in late_pts]
         items = [val[i] for i in range(len(val))]
         held_out = {"input": torch.stack([it["input"] for it in items]),
                     "reference": torch.stack([it["reference"] for it in items]),
@@ -167,9 +183,10 @@ def check_method(size: str | CheckSize = "full", work_dir: str | Path | None = N
         mech = probe(work / "unpaired", un_cfg, held_out) if un["status"] == "completed" else None
         res = {"size": asdict(sz), "seed": seed, "target": dict(zip("Lab", map(float, target_lab))),
                "answer_ssim_L": luminance_ssim(answer, held_out["reference"]),
-                "before": before, "after": after, "moved": 1 - after["distance"] / max(before["distance"], 1e-9),
-                "val_psnr_to_target": {"before": pre["val"].get("psnr"), "after": un["val"].get("psnr")},
-                "status": {"pretrain": pre["status"], "unpaired": un["status"]}, "mechanism": mech,
+               "before": before, "after": after, "late": late, "trajectory": trajectory,
+               "moved": 1 - late["distance"] / max(before["distance"], 1e-9),
+               "val_psnr_to_target": {"before": pre["val"].get("psnr"), "after": un["val"].get("psnr")},
+               "status": {"pretrain": pre["status"], "unpaired": un["status"]}, "mechanism": mech,
                "dla": un_cfg.losses.dla}
         res["verdict"] = verdict(res)
         res["passed"] = all(v["ok"] for v in res["verdict"].values())
@@ -184,19 +201,20 @@ def verdict(res: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Each criterion of the check: ``{"ok": bool, "detail": str}`` (see the constants above for the bounds)."""
     from isp_search.train.losses import LOSSES
 
-    b, a = res["before"], res["after"]
+    b, a = res["before"], res["late"]
     out = {
         "trained": {"ok": res["status"] == {"pretrain": "completed", "unpaired": "completed"},
                     "detail": f"pretrain {res['status']['pretrain']}, unpaired {res['status']['unpaired']}"},
         "moved": {"ok": a["distance"] < MOVE_BELOW * b["distance"],
-                  "detail": f"distance {b['distance']:.2f} -> {a['distance']:.2f} (must end below "
+                  "detail": f"LAB distance {b['distance']:.2f} -> late median {a['distance']:.2f} (must be below "
                             f"{MOVE_BELOW:g}x)"},
-        "structure": {"ok": a["ssim_L"] >= res["answer_ssim_L"] - SSIM_SLACK,
-                      "detail": f"SSIM(L) to the reference {b['ssim_L']:.3f} -> {a['ssim_L']:.3f} (the known answer's "
-                                f"{res['answer_ssim_L']:.3f}; must stay above it less {SSIM_SLACK:g})"},
+        "structure": {"ok": a["ssim_L"] >= min(b["ssim_L"], res["answer_ssim_L"]) - SSIM_SLACK,
+                      "detail": f"SSIM(L) to the reference {b['ssim_L']:.3f} -> late median {a['ssim_L']:.3f} (the "
+                                f"known answer's {res['answer_ssim_L']:.3f}; must stay above the lower of the start's "
+                                f"and the answer's less {SSIM_SLACK:g})"},
         "answer": {"ok": a["psnr_to_answer"] > b["psnr_to_answer"],
-                   "detail": f"PSNR to the known answer {b['psnr_to_answer']:.2f} -> {a['psnr_to_answer']:.2f} dB "
-                             f"(must rise)"},
+                   "detail": f"PSNR to the known answer {b['psnr_to_answer']:.2f} -> late median "
+                             f"{a['psnr_to_answer']:.2f} dB (must rise)"},
     }
     mech = res.get("mechanism")
     if mech is None:
@@ -230,8 +248,9 @@ def describe(res: dict[str, Any]) -> str:
         *(f"{label} L {m['L']:.1f}, a* {m['a']:.1f}, b* {m['b']:.1f}; distance {m['distance']:.2f}; SSIM(L) to "
           f"reference {m['ssim_L']:.3f}; PSNR to the answer {m['psnr_to_answer']:.2f} dB"
           for label, m in (("before unpaired (pretrained):", b), ("after  unpaired:             ", a))),
-        (f"moved {100 * res['moved']:.0f}% of the way toward the target look in {res['size']['unpaired_steps']} "
-         f"unpaired steps ({res['elapsed_s']:.0f} s in all)"),
+        (f"late in the stage (median of steps {', '.join(map(str, res['late']['steps']))}): distance "
+         f"{res['late']['distance']:.2f}, PSNR to the answer {res['late']['psnr_to_answer']:.2f} dB: moved "
+         f"{100 * res['moved']:.0f}% of the way toward the target look ({res['elapsed_s']:.0f} s in all)"),
     ]
     for name, v in res["verdict"].items():
         lines.append(f"{'ok  ' if v['ok'] else 'FAIL'} {name}: {v['detail']}")
