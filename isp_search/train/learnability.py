@@ -120,16 +120,15 @@ def luminance_ssim(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def measure(checkpoint: Path, val, target_lab: torch.Tensor) -> dict[str, float]:
-    """Distance of the generator's mean LAB on ``val`` to the target domain's, luminance SSIM to the reference,
-    and PSNR to the known answer (each val scene's ground truth under the look). ``checkpoint``: a ``.pt`` file."""
+def measure(checkpoint: Path, held_out: dict[str, torch.Tensor], target_lab: torch.Tensor) -> dict[str, float]:
+    """Distance of the generator's mean LAB on the held-out batch to the target domain's, luminance SSIM to the
+    reference, and PSNR to the known answer (``held_out["target"]``: each val scene's ground truth under the look).
+    ``checkpoint``: a ``.pt`` file."""
     from isp_search.models.checkpoint import load_generator
 
     gen = load_generator(checkpoint).model.eval()
-    items = [val[i] for i in range(len(val))]
-    out = gen(torch.stack([it["input"] for it in items])).clamp(0, 1)
-    ref = torch.stack([it["reference"] for it in items])
-    answer = torch.stack([it["paired_target"] for it in items])
+    out = gen(held_out["input"]).clamp(0, 1)
+    ref, answer = held_out["reference"], held_out["target"]
     lab = lab_means(out)
     return {"distance": float((lab - target_lab).norm()), "L": float(lab[0]), "a": float(lab[1]),
             "b": float(lab[2]), "ssim_L": luminance_ssim(out, ref),
@@ -162,27 +161,26 @@ def check_method(size: str | CheckSize = "full", work_dir: str | Path | None = N
                                           "train.eval_interval": max(1, sz.unpaired_steps // sz.evals),
                                           **(config_overrides or {})})
         val = make_datasets(un_cfg)["val"]
-        # the known answer: the val scenes' own ground truth under the target look (never seen in training)
-        answer = torch.stack([val[i]["paired_target"] for i in range(len(val))])
-        target_lab = lab_means(answer)
-        trajectory: list[dict[str, float]] = []
-
-        def report(step: int, metrics: dict, checkpoint_dir) -> None:
-            trajectory.append({"step": step, **measure(Path(checkpoint_dir) / "last.pt", val, target_lab)})
-
-        un = train(un_cfg, work / "unpaired", report=report)
-        before = measure(work / "pretrain" / "checkpoints" / "last.pt", val, target_lab)
-        after = measure(work / "unpaired" / "checkpoints" / "last.pt", val, target_lab)
-        late_pts = [m for m in trajectory if m["step"] > un_cfg.train.steps / 2] or [{"step": -1, **after}]
-        late = {k: float(np.median([m[k] for m in late_pts])) for k in ("distance", "psnr_to_answer", "ssim_L")}
-        late["steps"] = [m["step"] for m in late_pts]
         items = [val[i] for i in range(len(val))]
+        # the known answer ("target"): the val scenes' own ground truth under the look (never seen in training)
         held_out = {"input": torch.stack([it["input"] for it in items]),
                     "reference": torch.stack([it["reference"] for it in items]),
                     "target": torch.stack([it["paired_target"] for it in items])}
+        target_lab = lab_means(held_out["target"])
+        trajectory: list[dict[str, float]] = []
+
+        def report(step: int, metrics: dict, checkpoint_dir) -> None:
+            trajectory.append({"step": step, **measure(Path(checkpoint_dir) / "last.pt", held_out, target_lab)})
+
+        un = train(un_cfg, work / "unpaired", report=report)
+        before = measure(work / "pretrain" / "checkpoints" / "last.pt", held_out, target_lab)
+        after = measure(work / "unpaired" / "checkpoints" / "last.pt", held_out, target_lab)
+        late_pts = [m for m in trajectory if m["step"] > un_cfg.train.steps / 2] or [{"step": -1, **after}]
+        late = {k: float(np.median([m[k] for m in late_pts])) for k in ("distance", "psnr_to_answer", "ssim_L")}
+        late["steps"] = [m["step"] for m in late_pts]
         mech = probe(work / "unpaired", un_cfg, held_out) if un["status"] == "completed" else None
         res = {"size": asdict(sz), "seed": seed, "target": dict(zip("Lab", map(float, target_lab))),
-               "answer_ssim_L": luminance_ssim(answer, held_out["reference"]),
+               "answer_ssim_L": luminance_ssim(held_out["target"], held_out["reference"]),
                "before": before, "after": after, "late": late, "trajectory": trajectory,
                "moved": 1 - late["distance"] / max(before["distance"], 1e-9),
                "val_psnr_to_target": {"before": pre["val"].get("psnr"), "after": un["val"].get("psnr")},
