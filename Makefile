@@ -3,11 +3,14 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# No wheel cache: what pip fetches from PyPI would otherwise sit twice on disk (venv + ~/.cache/pip).
+export PIP_NO_CACHE_DIR := 1
 
 .PHONY: demo test install synth-isp clean-venv
 
 $(STAMP): requirements/base.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
+	test -x $(BIN)/python || bash scripts/check-disk.sh .
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements/base.txt
