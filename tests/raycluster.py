@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -61,6 +62,32 @@ def kill_tree(procs: list[psutil.Process], sig: int = signal.SIGKILL) -> None:
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(list(everything.values()), timeout=10)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_WORKER = re.compile(r"^\((?:[\w.]+ )?pid=[^)]*\) ?")
+
+
+def tracebacks(log: str) -> list[str]:
+    """The Python tracebacks in a job or driver log, each as one block of text, leaving out exactly one kind:
+    Ray's own teardown of a finished worker. At the end of a job the raylet SIGTERMs the job's workers; Ray's
+    handler (``ray/_private/worker.py``, ``sigterm_handler``) raises ``SystemExit``, and when that lands inside a
+    weakref callback Python prints ``Exception ignored in ...`` with a traceback and carries on until the raylet's
+    SIGKILL. Nothing of ours ran in it, and when it prints is a matter of timing (it failed CI once)."""
+    lines = [_WORKER.sub("", _ANSI.sub("", line)) for line in log.splitlines()]
+    found = []
+    for i, line in enumerate(lines):
+        if not line.startswith("Traceback (most recent call last):"):
+            continue
+        j = i + 1
+        while j < len(lines) and (not lines[j] or lines[j][:1].isspace()):
+            j += 1
+        block = lines[i : j + 1]
+        teardown = (i > 0 and lines[i - 1].startswith("Exception ignored in")
+                    and any("in sigterm_handler" in b for b in block) and block[-1].startswith("SystemExit"))
+        if not teardown:
+            found.append("\n".join(block))
+    return found
 
 
 class Head:

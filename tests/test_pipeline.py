@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from raycluster import BIN, ENV, kill_tree, processes_under, running_head
+from raycluster import BIN, ENV, kill_tree, processes_under, running_head, tracebacks
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "configs" / "paper"
@@ -139,7 +139,7 @@ def test_study_killed_in_prepare_and_in_pretrain_then_resumed(cluster, tmp_path)
     out = log3.read_text()
     print(f"study with two kills: {time.time() - t0:.0f} s")
     assert "succeeded" in out and "Pareto-optimal trials" in out, out[-3000:]
-    assert "Traceback" not in out, out[-5000:]
+    assert not tracebacks(out), "\n\n".join(tracebacks(out))[-5000:]
     assert "(resuming)" in out and json.loads((pre_dir / "summary.json").read_text())["step"] == 4
     steps = [json.loads(line)["step"] for line in (pre_dir / "metrics.jsonl").read_text().splitlines()
              if json.loads(line)["kind"] == "train"]
