@@ -75,6 +75,18 @@ class Source:
         return f"{self.file}:{line}" if line else self.file
 
 
+class NearestSource(Source):
+    """A Source whose ``where`` falls back to the closest enclosing key (list items have no line of their own)."""
+
+    def where(self, key: str) -> str:
+        k = key
+        while k:
+            if k in self.lines:
+                return f"{self.file}:{self.lines[k]}"
+            k = k.rsplit(".", 1)[0] if "." in k else (k.rsplit("[", 1)[0] if "[" in k else "")
+        return self.file
+
+
 def load_yaml(path: str | os.PathLike) -> tuple[Any, Source]:
     """Read YAML; a missing file or a syntax error becomes a one-line ConfigError."""
     p = Path(path)

@@ -51,7 +51,8 @@ for _w in (
     WeightFile("vgg19", "vgg19-dcbb9e9d.pth", "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth", "dcbb9e9d",
                "content loss (VGG-19 relu5_4)"),
     # The original ViT-B/16 release (ImageNet-21k, fine-tuned on ImageNet-1k: the weights of HF
-    # google/vit-base-patch16-224, which [ref] used), not timm's default augreg2 retraining.
+    # google/vit-base-patch16-224, which the authors' code used; docs/method.md §9), not timm's default augreg2
+    # retraining.
     WeightFile("vit_b16", "vit_base_patch16_224.orig_in21k_ft_in1k.safetensors",
                "https://huggingface.co/timm/vit_base_patch16_224.orig_in21k_ft_in1k", None,
                "colour discriminator features (timm vit_base_patch16_224.orig_in21k_ft_in1k)",

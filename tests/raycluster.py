@@ -24,7 +24,7 @@ BIN = Path(sys.executable).parent
 ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0", "PYTHONUNBUFFERED": "1",
        "OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
 ENV.pop("RAY_ADDRESS", None)
-# token auth, as on a real cluster (SPEC section 10); our own token, so no file in ~/.ray is read or written
+# token auth, as on a real cluster (docs/method.md §10); our own token, so no file in ~/.ray is read or written
 ENV.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
 ENV.pop("RAY_AUTH_TOKEN_PATH", None)
 

@@ -1,5 +1,6 @@
 """``isp-search check-method``: the unpaired method learns a known colour shift (a learnability check), and the
-trained models' mechanism is SPEC §4–§5's (discriminator margins, discriminator updates, DLA shares)."""
+trained models' mechanism is the one docs/method.md §4–§5 describe (discriminator margins, discriminator updates,
+DLA shares)."""
 
 from __future__ import annotations
 
@@ -63,9 +64,9 @@ def test_check_method_moves_colour_toward_target_keeps_structure_and_mechanism(t
     """The small check: late in the unpaired stage (the median of its second half's measurements) the outputs' mean
     LAB is much closer to the target domain's than the pretrained start's, their PSNR to the known answer rises,
     the luminance structure is kept, and the trained
-    models' mechanism is SPEC §4–§5's. Every one of these mutations turns this test red (each applied in a scratch
-    copy): real/fake swapped in the G loss, in the D loss, in both; the D optimiser step removed; DLA's weights not
-    applied; the adversarial gradient sign flipped; R1/R2 on the images instead of the feature tensors."""
+    models' mechanism is docs/method.md §4–§5's. Every one of these mutations turns this test red (each applied in
+    a scratch copy): real/fake swapped in the G loss, in the D loss, in both; the D optimiser step removed; DLA's
+    weights not applied; the adversarial gradient sign flipped; R1/R2 on the images instead of the feature tensors."""
     code = main(["check-method", "--small", "--json", "--work-dir", str(tmp_path / "check")])
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     failed = {k: v["detail"] for k, v in res["verdict"].items() if not v["ok"]}

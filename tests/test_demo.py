@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from isp_search.commands.demo import SMOKE_SPACE, compare_with_start, pretrain, start_metrics
-from isp_search.search.post import ParetoEntry, PostSummary
-from isp_search.search.space import load_space
-from isp_search.search.tuner import base_train_config
+from isp_search.search.pareto import ParetoEntry, PostSummary
+from isp_search.search.context import base_train_config
+from isp_search.search.space_file import load_space
 from isp_search.train import apply_overrides, train
 
 

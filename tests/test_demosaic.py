@@ -80,7 +80,8 @@ def test_look_on_hand_values():
     plain = ReferenceLook(gains=(1.0, 1.0, 1.0), divisor=1000.0, stretch=False, gamma=2.0).apply(rgb)
     np.testing.assert_allclose(plain[0, 0], [0.5, 1.0, 1.0], rtol=1e-6)  # /1000, clip, sqrt
 
-    # Default ([ref]): /65535, gains (1.6, 1.2, 1.4), clip, per-image min-max stretch, gamma 1/2.2.
+    # Default (the authors' code, docs/method.md §4.2): /65535, gains (1.6, 1.2, 1.4), clip, per-image min-max
+    # stretch, gamma 1/2.2.
     rgb = np.array([[[100.0, 200.0, 300.0], [1000.0, 500.0, 0.0]]], np.float32)
     scaled = rgb / 65535 * np.array([1.6, 1.2, 1.4])
     want = ((scaled - scaled.min()) / (scaled.max() - scaled.min())) ** (1 / 2.2)

@@ -23,6 +23,7 @@ def test_tflite_macs_match_the_pytorch_count(tmp_path, arch):
 
 
 def test_floor_is_two_flops_per_mac_at_the_measured_peak():
-    assert floor_ms(1_579_253_760, 226.0) == pytest.approx(13.976, abs=1e-3)  # Efficient ISP, Full HD (SPEC 8)
+    # Efficient ISP, Full HD (docs/method.md §8)
+    assert floor_ms(1_579_253_760, 226.0) == pytest.approx(13.976, abs=1e-3)
     peak = peak_gflops(threads=1, n=512, repeats=2)
     assert peak["threads"] == 1 and 0.5 < peak["gflops"] < 1000 and "SGEMM 512x512x512" in peak["method"]

@@ -1,7 +1,8 @@
 """The GAN behaves as a GAN: on fixed seeded batches with random frozen networks, a discriminator step raises
 D(real) − D(fake) for every discriminator, a generator step on the adversarial terms alone raises D(fake) − D(real),
 the D loss is the relativistic loss plus R1/R2 on the *feature tensors*, and DLA gives each generator term the
-update share SPEC §5 says (norm mᵢ), all checked against computations written here independently of the trainer."""
+update share docs/method.md §5 gives (norm mᵢ), all checked against computations written here independently of the
+trainer."""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def fresh(nets, seed: int = 0):
     return gen, discs
 
 
-# ---- an independent implementation of the features each discriminator judges (SPEC §4) -------------------------
+# ---- an independent implementation of the features each discriminator judges (docs/method.md §4) ---------------
 
 def features(nets, term: str, img: torch.Tensor) -> torch.Tensor:
     """What discriminator ``term`` sees of image ``img``: ViT tokens of the DPED-blurred RGB, or the AlexNet trunk's
@@ -149,7 +150,7 @@ def test_g_step_on_an_adversarial_term_raises_fake_minus_real(setup, trained_dis
 
 
 def independent_losses(nets, discs, y: torch.Tensor, batch) -> dict[str, torch.Tensor]:
-    """The unpaired loss set written out from SPEC §4 (not through the trainer's term functions)."""
+    """The unpaired loss set written out from docs/method.md §4 (not through the trainer's term functions)."""
     import kornia
 
     def lab_l3(img):
@@ -165,8 +166,8 @@ def independent_losses(nets, discs, y: torch.Tensor, batch) -> dict[str, torch.T
 
 
 def test_dla_gives_each_term_norm_m_against_independent_gradients(setup):
-    """SPEC §5: the applied generator gradient is Σ mᵢ ∇θLᵢ / ‖∇θLᵢ‖ — each term reaches the generator with
-    norm mᵢ. Per-term gradients are computed here by full backward passes of the independent losses."""
+    """docs/method.md §5: the applied generator gradient is Σ mᵢ ∇θLᵢ / ‖∇θLᵢ‖ — each term reaches the generator
+    with norm mᵢ. Per-term gradients are computed here by full backward passes of the independent losses."""
     nets, batch = setup
     gen, discs = fresh(nets)
     mult = {"content": 0.5, "adv_color": 1.0, "adv_relu1": 2.0, "adv_relu4": 1.5, "tv": 0.25}

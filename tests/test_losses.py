@@ -182,8 +182,8 @@ def test_random_feature_networks_are_identical_in_two_fresh_processes():
 
 @pytest.mark.parametrize("inputs", ["reference", "normalized"])
 def test_feature_inputs_reference_and_normalized(inputs):
-    """``features.input``: reference = [ref]'s inputs (grayscale [0, 1] straight into the AlexNet trunk, blurred
-    [0, 1] RGB into the ViT); normalized = LPIPS's input scaling / the ViT's mean-std."""
+    """``features.input``: reference = the authors' inputs (grayscale [0, 1] straight into the AlexNet trunk,
+    blurred [0, 1] RGB into the ViT; docs/method.md §4.7); normalized = LPIPS's input scaling / the ViT's mean-std."""
     from isp_search.train.features import LPIPS_SCALE, LPIPS_SHIFT, LPIPSAlexTrunk, ViTTokens
 
     alex = LPIPSAlexTrunk("random", inputs)

@@ -14,7 +14,7 @@ from isp_search.data.io import read_raw, read_rgb, write_raw
 from isp_search.models import GENERATORS, create_generator, spec_for
 from isp_search.models.checkpoint import load_generator, save_generator
 
-EXPECTED_PARAMS = {"efficient_isp": 3060, "robust_isp": 1616, "rmfa_tiny": 29223}  # SPEC §3
+EXPECTED_PARAMS = {"efficient_isp": 3060, "robust_isp": 1616, "rmfa_tiny": 29223}  # docs/method.md §3
 
 
 def test_registry_holds_the_three_paper_backbones():

@@ -4,7 +4,7 @@
 One head (2 CPUs) and a second node (1 CPU, custom resource ``second_node``) joined with ``ray start --address``;
 the space's trials and pretrain run ask for ``second_node``, so every GPU-stage task runs on the second node and
 its output must reach the storage folder. The kill points are deterministic: ``ISP_SEARCH_HOLD=<stage>`` makes
-that stage write ``<exp>/hold-<stage>`` after its first piece of work and wait (``isp_search.search.study``).
+that stage write ``<exp>/hold-<stage>`` after its first piece of work and wait (``isp_search.search.faults``).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ search:
     - {{optim.d_color_lr: 1.0e-5, optim.g_beta1: 0.5, data.demosaicer: opencv_bilinear}}
 scheduler: {{type: none}}
 resources: {{cpu: 1, custom: {{second_node: 1}}}}
-export: {{top_k: 1, formats: [tflite], size: [32, 32], bench_size: [32, 32], runs: 2, threads: 1}}
+export: {{top_k: 1, formats: [tflite], gate_size: [32, 32], deploy_size: [32, 32], runs: 2, threads: 1}}
 """
     p = tmp / "space.yaml"
     p.write_text(text)
@@ -111,7 +111,7 @@ def test_study_killed_in_prepare_and_in_pretrain_then_resumed(cluster, tmp_path)
     carries on, and the finished study holds every trial once, started from the pretrain run."""
     from isp_search.data.synth import synthesize
     from isp_search.export.leaderboard import read
-    from isp_search.search.searcher import load_study
+    from isp_search.search.optuna_storage import load_study
 
     data = synthesize(tmp_path / "data" / "mai2022", "mai2022", n_train=8, n_val=4, n_test=4, seed=11, size=64)
     space = write_space(tmp_path)

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from isp_search.search.preflight import PreflightError, point_value_problem, problems, run
-from isp_search.search.space import Param, load_space
-from isp_search.search.tuner import base_train_config
+from isp_search.search.context import base_train_config
+from isp_search.search.preflight import PreflightError, check, point_value_problem, problems
+from isp_search.search.space import Param
+from isp_search.search.space_file import load_space
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE_CFG = ROOT / "configs" / "smoke_unpaired.yaml"
@@ -100,7 +101,7 @@ def test_every_problem_listed_at_once(tmp_path, synth_root):
     path = make(tmp_path, synth_root, [edit for edit, _ in CASES.values()])
     space = load_space(path)
     with pytest.raises(PreflightError) as e:
-        run(space, base_train_config(space))
+        check(space, base_train_config(space))
     lines = e.value.lines
     assert len(lines) == len(CASES), lines
     for (_, pattern), line in zip(CASES.values(), sorted(lines, key=lambda s: [*CASES].index(_case_of(s)))):

@@ -69,7 +69,7 @@ def test_export_bench_and_leaderboard_add_print_no_library_noise(tmp_path, synth
     out = _run(["bench", str(tmp_path / "ex"), "--runs", "2", "--warmup", "1"], tmp_path)
     assert "litert-xnnpack fp32" in out and "litert-xnnpack int8" in out and not _noise(out), _noise(out)
     assert "compute floor" in out and "x floor" in out  # every runtime beside the floor
-    out = _run(["leaderboard", "add", "--weights", str(ckpt), "--data", str(synth_root), "--size", "32x32",
+    out = _run(["leaderboard", "add", "--weights", str(ckpt), "--data", str(synth_root), "--deploy-size", "32x32",
                 "--runs", "2", "--backbone-weights", "random", "--path", str(tmp_path / "lb.parquet"),
                 "--out", str(tmp_path / "add")], tmp_path)
     assert "added" in out and not _noise(out), _noise(out)
@@ -78,7 +78,7 @@ def test_export_bench_and_leaderboard_add_print_no_library_noise(tmp_path, synth
 _RAY_DRIVER = textwrap.dedent("""
     import sys
     import ray
-    from isp_search.search.tuner import connect
+    from isp_search.search.cluster import connect
 
     connect(sys.argv[1])
 

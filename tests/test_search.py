@@ -48,7 +48,7 @@ space:
 scheduler: {{type: none}}
 resources: {resources}
 storage: {{path: {storage}}}
-export: {{top_k: {top_k}, formats: [tflite], size: [32, 32], bench_size: [32, 32], runs: 2, threads: 1,
+export: {{top_k: {top_k}, formats: [tflite], gate_size: [32, 32], deploy_size: [32, 32], runs: 2, threads: 1,
          results: {tmp / 'results'}}}
 """
     p = tmp / "space.yaml"
@@ -64,7 +64,7 @@ def driver(space: Path, *args: str, address: str | None = None, log: Path, env: 
 
 
 def study_trials(exp_dir: Path):
-    from isp_search.search.searcher import load_study
+    from isp_search.search.optuna_storage import load_study
 
     meta = json.loads((exp_dir / "isp_search.json").read_text())
     return load_study(meta["study_name"], meta["optuna_storage"]).trials
@@ -128,7 +128,7 @@ def test_job_submit_search_with_a_diverging_trial(head, tmp_path):
 def final_states(exp_dir: Path) -> dict[str, str]:
     """Ray trial id -> its final Optuna state (a re-run's retry trial replaces the one it retries)."""
     from isp_search.search.reconcile import RAY_TRIAL_ATTR, final_trials
-    from isp_search.search.searcher import load_study
+    from isp_search.search.optuna_storage import load_study
 
     meta = json.loads((exp_dir / "isp_search.json").read_text())
     study = load_study(meta["study_name"], meta["optuna_storage"])
@@ -164,7 +164,7 @@ def test_driver_killed_right_after_a_complete_trial_resume_extends(head, tmp_pat
     driver_tracebacks = [line for line in out.splitlines() if "Traceback" in line and "pid=" not in line]
     assert not driver_tracebacks and "UpdateFinishedTrialError" not in out and "TuneError" not in out, out[-4000:]
     assert "extended from 2 to 3 trials" in out and "already final in the Optuna study" in out, out[-4000:]
-    from isp_search.search.reconcile import ray_statuses
+    from isp_search.search.resume import ray_statuses
 
     known = ray_statuses(str(exp))  # Ray's trials (a trial started just before the kill left only a folder)
     assert sorted(known.values()) == ["TERMINATED"] * 3, known

@@ -12,7 +12,8 @@ from optuna.trial import TrialState
 from isp_search.cli import main
 from isp_search.configio import ConfigError
 from isp_search.search.searcher import decide_state
-from isp_search.search.space import load_space, suggest
+from isp_search.search.sampling import suggest
+from isp_search.search.space_file import load_space
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "search_spaces").glob("*.yaml"))
@@ -35,7 +36,7 @@ search: {sampler: nsga2, seed: 3, num_samples: 4, max_concurrent: 2,
 scheduler: {type: asha, grace_period: 2, reduction_factor: 2}
 resources: {cpu: 2, gpu: 0.5}
 storage: {path: runs/search}
-export: {top_k: 2, formats: [onnx, tflite], size: [64, 64]}
+export: {top_k: 2, formats: [onnx, tflite], gate_size: [64, 64]}
 """
 
 
@@ -53,7 +54,7 @@ def test_yaml_to_space_and_fixed_trial(tmp_path, monkeypatch):
     assert space.storage.path == str(tmp_path / "runs" / "search")
     assert space.metric_names == ["lpips", "psnr"] and space.modes == ["min", "max"]  # lpips: declared direction
     assert space.resources.gpu == 0.5 and space.search.sampler == "nsga2" and space.scheduler.reduction_factor == 2
-    assert space.export.size == (64, 64)
+    assert space.export.gate_size == (64, 64)
     fixed = {"optim.d_color_lr": 2e-5, "optim.d_color_every": 7, "optim.beta1": 0.5, "optim.d_texture_lr": 3e-6}
     assert suggest(optuna.trial.FixedTrial(fixed), space) == fixed
     # the conditional parameter is not sampled when its condition fails
@@ -128,7 +129,7 @@ def test_cli_reports_bad_space_in_one_line(tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
 def test_shipped_spaces_load_and_match_the_trainer_config(path, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    from isp_search.search.tuner import base_train_config, check_space_keys
+    from isp_search.search.context import base_train_config, check_space_keys
 
     space = load_space(path)
     assert space.search.points_to_evaluate, "the paper's defaults are evaluated first"

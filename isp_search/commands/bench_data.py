@@ -39,20 +39,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def pack_config(cfg: Any, force: bool = False) -> dict[str, Any]:
-    """Build the packs of every split of a training config (``data.packed: true``, or ``force``); returns
-    ``{split: PackedImages}`` (empty when the config does not ask for packing). ``isp-search prepare`` and the
-    search's prepare stage call this for every planned config."""
-    from dataclasses import replace
-
-    from isp_search.train.loop import make_datasets
-
-    if cfg.data.packed is not True and not force:
-        return {}
-    cfg = replace(cfg, data=replace(cfg.data, packed=True))
-    return {split: ds.packed for split, ds in make_datasets(cfg).items()}
-
-
 def items_per_s(ds: Any, seconds: float) -> dict[str, float]:
     """``ds[k]`` in a loop for about ``seconds`` in this process with one torch thread: items per second of wall
     time and per CPU second (the second is what a worker gets on an idle core; the first depends on the load)."""
@@ -107,7 +93,7 @@ def bench_data(cfg: Any, seconds: float = 3.0, workers: int | None = None, steps
                step_ms: float | None = None, with_step: bool = True) -> dict[str, Any]:
     """Every number ``bench-data`` prints, as one dict."""
     from isp_search.data.dataset import AUTO_CACHE_LIMIT
-    from isp_search.train.loop import make_datasets
+    from isp_search.data.datasets import make_datasets
 
     ds = make_datasets(cfg)["train"]
     item = ds[0]
@@ -152,6 +138,7 @@ def bench_data(cfg: Any, seconds: float = 3.0, workers: int | None = None, steps
 
 
 def run(args: argparse.Namespace) -> int:
+    from isp_search.data.datasets import pack_config
     from isp_search.errors import UserError
     from isp_search.train import load_train_config
 

@@ -7,7 +7,19 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+
+from isp_search.data.datasets import make_datasets
 from isp_search.errors import UserError
+from isp_search.metrics import Evaluator
+from isp_search.models.checkpoint import load_generator
+from isp_search.search.context import base_train_config
+from isp_search.search.pretrain import config_key, run_once
+from isp_search.search.space import metric_direction
+from isp_search.search.space_file import absolute_path, load_space
+from isp_search.search.study import run_study
+from isp_search.train.config import apply_overrides, load_train_config
+from isp_search.train.evaluate import EVAL_METRICS, evaluate
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE_SPACE = ROOT / "search_spaces" / "smoke.yaml"
@@ -30,36 +42,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from isp_search.commands.search import run_space
-    from isp_search.search.space import absolute_path, load_space
-
     space = load_space(args.space)
     results = absolute_path(args.results)
     space = replace(space, storage=replace(space.storage, path=str(Path(results) / "search")),
                     export=replace(space.export, results=results))
     if args.pretrain_steps < 0:
         raise UserError(f"--pretrain-steps must be >= 0, got {args.pretrain_steps}")
+    name = f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     if not args.pretrain_steps:
-        return run_space(space, name=f"demo-{time.strftime('%Y%m%d-%H%M%S')}")
+        return 0 if run_study(space, name=name).pareto else 1
     init = pretrain(Path(results), args.pretrain_steps)
     space = replace(space, base=replace(space.base, overrides={**space.base.overrides, "model.init_from": init}))
     start = start_metrics(space)  # before the search: a failure here costs seconds, not the whole demo
-    code = run_space(space, name=f"demo-{time.strftime('%Y%m%d-%H%M%S')}", after=lambda s: print(
-        compare_with_start(start, s, space, init)))
-    return code
+    summary = run_study(space, name=name)
+    print(compare_with_start(start, summary, space, init))
+    return 0 if summary.pareto else 1
 
 
 def start_metrics(space) -> dict[str, float]:
     """Validation metrics of the generator the trials start from (``model.init_from``), measured as a trial
     measures itself: the trials' base config, val subset (``data.eval_limit``), crop size and metric networks."""
-    import torch
-
-    from isp_search.metrics import Evaluator
-    from isp_search.models.checkpoint import load_generator
-    from isp_search.search.tuner import base_train_config
-    from isp_search.train.evaluate import EVAL_METRICS, evaluate
-    from isp_search.train.loop import make_datasets
-
     cfg = base_train_config(space)
     val = make_datasets(cfg).get("val")
     if val is None:
@@ -74,8 +76,6 @@ def start_metrics(space) -> dict[str, float]:
 
 def compare_with_start(start: dict[str, float], summary, space, init: str) -> str:
     """The start's metrics beside the best trial's on each objective, and one line saying which were beaten."""
-    from isp_search.search.space import metric_direction
-
     names = [o.metric for o in space.objectives]
     shown = ", ".join(f"{k} {start[k]:.4g}" for k in dict.fromkeys([*names, "psnr", "ssim", "lpips"]) if k in start)
     where = f"the trials' val split, {start.get('n_images', '?')} images, {start.get('weights', '?')} metric backbones"
@@ -100,9 +100,6 @@ def compare_with_start(start: dict[str, float], summary, space, init: str) -> st
 def pretrain(results: Path, steps: int, overrides: dict | None = None) -> str:
     """A finished ``steps``-step synth_pretrain run under ``results``, in a folder named by its resolved config
     (``demo-pretrain-<hash>``): reused when it completed, resumed when it was cut off, trained otherwise."""
-    from isp_search.search.pretrain import config_key, run_once
-    from isp_search.train import apply_overrides, load_train_config
-
     over = {"train.steps": steps, "train.eval_interval": steps, "train.log_interval": max(1, steps // 5)}
     cfg = apply_overrides(load_train_config(PRETRAIN_CONFIG), {**over, **(overrides or {})})
     run_dir = results / f"demo-pretrain-{config_key(cfg)}"  # the search's pretrain stage keys its runs alike

@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from isp_search.data.dataset import RawRGBDataset
+    from isp_search.data.dataset import Caching, RawRGBDataset
     from isp_search.errors import UserError
     from isp_search.metrics import Evaluator, evaluate_model
     from isp_search.models.checkpoint import load_generator
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--device {args.device}: {str(e).splitlines()[0]}") from None
     evaluator = Evaluator(weights_mode=args.backbone_weights, device=device)  # missing weights fail before the data
     loaded = load_generator(args.weights, arch=args.arch, preset=args.preset, device=device)
-    ds = RawRGBDataset(args.data, args.format, args.split, loaded.spec, preset=loaded.preset, with_reference=False)
+    ds = RawRGBDataset(args.data, args.format, args.split, loaded.spec, preset=loaded.preset, caching=Caching(with_reference=False))
     res = evaluate_model(loaded.model, loaded.spec, ds, device=device, evaluator=evaluator, batch_size=args.batch_size)
     res.update(arch=loaded.spec.name, preset=loaded.preset, split=args.split, weights=str(loaded.path))
     if args.json:

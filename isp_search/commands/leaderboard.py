@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     # allow_abbrev=False: `--format` must not silently mean --formats (nor --data-format)
     add = sub.add_parser("add", allow_abbrev=False, help="evaluate, export, benchmark and add an external checkpoint as a baseline row",
                          description="For a checkpoint not trained by a search (e.g. the paper's published weights). "
-                         "The model is exported at --size (default Full HD), gated, timed and added; a model refused "
+                         "The model is exported at --deploy-size (default Full HD), gated, timed and added; a model refused "
                          "at any stage gets no row and the command exits 1 naming the reason.")
     add.add_argument("--arch", default=None, help="backbone name (needed for a paper-format state_dict)")
     add.add_argument("--weights", required=True, help="checkpoint file, run folder or paper state_dict")
@@ -33,7 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add.add_argument("--formats", default="onnx,tflite,tflite_fp16",
                      help="deployed files: comma list of onnx, tflite, tflite_fp16, tflite_int8 (tflite is always "
                      "made: it is timed; default: onnx,tflite,tflite_fp16)")
-    add.add_argument("--size", default="1088x1920", help="deployed export, latency and MACs size HxW (default: 1088x1920)")
+    add.add_argument("--deploy-size", default="1088x1920",
+                     help="deployed export, latency and MACs size HxW (default: 1088x1920)")
     add.add_argument("--gate-size", default=None, help="also gate an export at this size HxW (e.g. 256x256)")
     add.add_argument("--name", default=None, help="model id in the table (default: baseline/<file name>)")
     add.add_argument("--out", dest="export_dir", default=None, help="artifact folder (default: results/exports/<name>)")
@@ -124,15 +125,19 @@ def run_add(args: argparse.Namespace) -> int:
 
     from isp_search.export.pipeline import parse_formats, parse_size
     from isp_search.export.publish import publish
+    from isp_search.export.settings import ExportSettings, Provenance
+    from isp_search.models.checkpoint import load_generator
 
     name = args.name or f"baseline/{Path(args.weights).stem}"
     out = Path(args.export_dir or Path("results/exports") / name.replace("/", "_"))
     data = (args.data, args.data_format) if args.data else None
-    adb = {"benchmark_binary": args.benchmark_binary, "runs": max(args.runs, 1)}
-    res = publish(args.weights, out, arch=args.arch, formats=parse_formats(args.formats), size=parse_size(args.size),
-                  gate_size=parse_size(args.gate_size) if args.gate_size else None, data=data, kind="baseline",
-                  model_id=name, mai_c=args.mai_c, leaderboard_path=getattr(args, "path", None), run_dir=None,
-                  targets=args.target or (), adb=adb, bench_runs=args.runs, weights_mode=args.backbone_weights)
+    settings = ExportSettings(formats=tuple(parse_formats(args.formats)), deploy_size=parse_size(args.deploy_size),
+                              gate_size=parse_size(args.gate_size) if args.gate_size else None, runs=args.runs,
+                              targets=tuple(args.target or ()), benchmark_binary=args.benchmark_binary or "",
+                              mai_c=args.mai_c)
+    res = publish(load_generator(args.weights, arch=args.arch), out, settings,
+                  Provenance(kind="baseline", model_id=name), data=data, weights_mode=args.backbone_weights,
+                  leaderboard_path=getattr(args, "path", None))
     if res.row is None:
         print(f"isp-search: {name} not added: export refused: {res.export.reason}", file=sys.stderr)
         return 1

@@ -8,6 +8,18 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import replace
+
+import ray
+
+from isp_search.configio import load_yaml
+from isp_search.errors import UserError
+from isp_search.search import prepare as P
+from isp_search.search.context import base_train_config
+from isp_search.search.prepare import space_demosaicers
+from isp_search.search.pretrain import pretrain_config
+from isp_search.search.space_file import load_space
+from isp_search.train.config import load_train_config
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,46 +45,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def configs_of(spec: str) -> tuple[list, list[str]]:
     """(training configs, searched demosaicers) of a search space or a training config file."""
-    from isp_search.configio import load_yaml
-
     data, _ = load_yaml(spec)
     if isinstance(data, dict) and "space" in data and "base" in data:
-        from isp_search.search.prepare import space_demosaicers
-        from isp_search.search.pretrain import pretrain_config
-        from isp_search.search.space import load_space
-        from isp_search.search.tuner import base_train_config
-
         space = load_space(spec)
         configs = [base_train_config(space)]
         pre = pretrain_config(space)
         return ([pre] if pre is not None else []) + configs, space_demosaicers(space)
-    from isp_search.train import load_train_config
-
     return [load_train_config(spec)], []
 
 
 def run(args: argparse.Namespace) -> int:
-    from isp_search.errors import UserError
-    from isp_search.search import prepare as P
-
     if args.workers is not None and args.workers <= 0:
         raise UserError(f"--workers {args.workers}: expected an int > 0")
     configs, demosaicers = configs_of(args.spec)
-    if args.pack:  # the packing hook packs configs that ask for it
-        from dataclasses import replace
-
+    if args.pack:  # pack() packs the configs that ask for it
         configs = [replace(c, data=replace(c.data, packed=True)) for c in configs]
     jobs = P.plan(configs, demosaicers)
     if args.bench:
         return bench(jobs, args)
     use_ray = args.address is not None
     if use_ray:
-        import ray
-
         ray.init(address=args.address, log_to_driver=True)
     t0 = time.time()
     P.prepare(jobs, use_ray=use_ray, workers=args.workers, cache_dir=args.cache, quiet=args.json)
-    P.run_hooks(configs)
+    P.pack(configs)
     if args.json:
         print(json.dumps({"stores": [j.row() for j in jobs], "seconds": round(time.time() - t0, 3)}, indent=1))
     else:
@@ -84,8 +80,6 @@ def run(args: argparse.Namespace) -> int:
 
 def bench(jobs: list, args: argparse.Namespace) -> int:
     """Per demosaicer: seconds and images/s to build all its stores with 1 and with N local workers."""
-    from isp_search.search import prepare as P
-
     n = args.workers or os.cpu_count() or 1
     rows = []
     for dm in dict.fromkeys(j.demosaicer for j in jobs):

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+
+from isp_search.configio import parse_override
+from isp_search.errors import UserError
+from isp_search.search.space import SearchSpace
+from isp_search.search.space_file import absolute_path, load_space
+from isp_search.search.study import run_study
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,9 +44,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from isp_search.errors import UserError
-    from isp_search.search.space import absolute_path, load_space
-
     space = load_space(args.space)
     if args.storage:
         space = replace(space, storage=replace(space.storage, path=absolute_path(args.storage)))
@@ -54,14 +55,12 @@ def run(args: argparse.Namespace) -> int:
         if args.num_samples <= 0:
             raise UserError(f"--num-samples {args.num_samples}: expected an int > 0")
         space = replace(space, search=replace(space.search, num_samples=args.num_samples))
-    return run_space(space, name=args.name, resume=args.resume, address=args.address, smoke=args.smoke_test)
+    summary = run_study(space, name=args.name, resume=args.resume, address=args.address, smoke=args.smoke_test)
+    return 0 if summary.pareto else 1  # the Pareto front is empty only when no trial completed
 
 
-def with_overrides(space, texts: list[str]):
+def with_overrides(space: SearchSpace, texts: list[str]) -> SearchSpace:
     """``--set KEY=VALUE`` on the trials' base config and on the pretrain config (relative paths: to the cwd)."""
-    from isp_search.configio import parse_override
-    from isp_search.search.space import absolute_path
-
     over = {}
     for text in texts:
         key, value = parse_override(text)
@@ -73,21 +72,3 @@ def with_overrides(space, texts: list[str]):
         pre = {k: v for k, v in over.items() if k != "model.init_from"}  # the pretrain run starts where it says
         space = replace(space, pretrain=replace(space.pretrain, overrides={**space.pretrain.overrides, **pre}))
     return space
-
-
-def run_space(space, name: str | None = None, resume: bool = False, address: str | None = None,
-              smoke: bool = False, after: Callable[[Any], None] | None = None) -> int:
-    """The whole study (preflight, prepare, pretrain, search), then export the Pareto trials and print the table;
-    the exit code is 0 when a trial completed. ``after(summary)`` runs once the table is printed (demo)."""
-    from isp_search.search.post import finish, format_summary
-    from isp_search.search.study import run_study
-    from isp_search.search.tuner import smoke_space
-
-    if smoke:
-        space = smoke_space(space)
-    exp, results, info = run_study(space, name=name, resume=resume, address=address)
-    summary = finish(space, exp, results, score_mode=info["score_mode"], data=info["data"], mode=info["mode"])
-    print(format_summary(summary, space, exp))
-    if after is not None:
-        after(summary)
-    return 0 if summary.pareto else 1  # the Pareto front is empty only when no trial completed

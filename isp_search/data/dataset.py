@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -28,10 +29,11 @@ from isp_search.data.cache import ReferenceStore, build_store, content_key, loca
 from isp_search.data.demosaic import DEMOSAICERS, ReferenceLook
 from isp_search.data.formats import get_format
 from isp_search.data.io import RGB_SCALES, decode_rgb, read_raw, rgb_to_float
-from isp_search.data.packed import PackedImages, build_pack, open_pack, progress_bar
+from isp_search.data.packed import PackedImages, build_pack, open_pack
 from isp_search.data.pairing import PAIRINGS, make_pairing
 from isp_search.data.splits import Splits, carve_splits, load_splits
 from isp_search.errors import UserError
+from isp_search.progress import Progress
 from isp_search.models.registry import BackboneSpec, spec_for
 
 AUTO_CACHE_LIMIT = 2048  # splits up to this many files keep decoded images in memory
@@ -90,44 +92,50 @@ def _chw_float(a: np.ndarray) -> np.ndarray:
     return out
 
 
+@dataclass(frozen=True)
+class Carving:
+    """Which files make up each split."""
+
+    splits: Splits | str | os.PathLike | None = None  # a carving, or a record file (reused if present, else written)
+    seed: int = 0  # the carving's seed
+    n_val: int | None = None  # images carved for val / test out of a paired train split (formats without them)
+    n_test: int | None = None
+    exclude: str | os.PathLike | list | None = None  # files never used (a list, or a file listing them)
+
+
+@dataclass(frozen=True)
+class ItemOptions:
+    """How each item is drawn."""
+
+    pairing: str = "paired"  # paired | shuffled | disjoint (isp_search.data.pairing)
+    augment: bool = False
+    seed: int = 0  # pairing and augmentation draws; set_epoch re-draws them deterministically
+    # even-aligned square crops of RAW (and aligned images): random on train, central elsewhere; augmented items
+    # are patch_size too, without it they are 2 px smaller than the RAW (the CFA re-alignment crop)
+    patch_size: int | None = None
+    paired_target: bool | None = None  # items carry the scene's own RGB (None: only with "paired" pairing)
+
+
+@dataclass(frozen=True)
+class Caching:
+    """What is read from (and, when missing, built into) the disk caches."""
+
+    demosaicer: str = "menon2007"
+    look: ReferenceLook = ReferenceLook()
+    with_reference: bool = True  # the demosaiced reference of every RAW (training needs it; evaluation does not)
+    cache_dir: str | os.PathLike | None = None  # default: $ISP_SEARCH_CACHE
+    cache_images: bool | None = None  # decoded images kept in memory (None: for small sets without a pack)
+    packed: bool | Literal["auto"] = "auto"  # auto: read an existing pack; True: build one; False: decode files
+    workers: int = 1  # processes that build a missing reference store or pack
+    progress: bool = True  # a progress bar on a terminal while building
+
+
 class RawRGBDataset(Dataset):
     """One split of a data set in a registered format (see ``isp_search.data.formats``)."""
 
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        format: str,
-        split: str,
-        arch: str | BackboneSpec | None,
-        preset: str | None = None,
-        pairing: str = "paired",
-        demosaicer: str = "menon2007",
-        look: ReferenceLook = ReferenceLook(),
-        augment: bool = False,
-        seed: int = 0,
-        splits: Splits | str | os.PathLike | None = None,
-        carve_seed: int = 0,
-        n_val: int | None = None,
-        n_test: int | None = None,
-        exclude: str | os.PathLike | list | None = None,
-        cache_dir: str | os.PathLike | None = None,
-        with_reference: bool = True,
-        patch_size: int | None = None,
-        cache_images: bool | None = None,
-        reference_workers: int = 1,
-        packed: bool | Literal["auto"] = "auto",
-        paired_target: bool | None = None,
-        progress: bool = True,
-    ) -> None:
-        """``splits``: a carving, or a record file (reused as it is if present, else carved and written there);
-        the carving comes from ``carve_seed``/``n_val``/``n_test``/``exclude``. ``patch_size`` crops RAW (and
-        aligned images) to even-aligned square patches (random on train, central elsewhere); augmented items are
-        patch_size too, without it they are 2 px smaller than the RAW (the CFA re-alignment crop). ``seed`` drives
-        pairing and augmentation draws, which :meth:`set_epoch` re-draws deterministically. ``reference_workers``
-        processes build a missing reference cache (and a missing pack), with a progress bar on a terminal when
-        ``progress``. ``packed``: "auto" reads decoded images from their pack when one exists, True builds it
-        when missing, False decodes the files. ``paired_target``: whether items carry the scene's own RGB
-        (None: only with "paired" pairing; an unpaired step never reads it, so it is not decoded)."""
+    def __init__(self, root: str | os.PathLike, format: str, split: str, arch: str | BackboneSpec | None,
+                 preset: str | None = None, carving: Carving = Carving(), caching: Caching = Caching(),
+                 items: ItemOptions = ItemOptions()) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise UserError(f"data set folder not found: {self.root}")
@@ -135,42 +143,47 @@ class RawRGBDataset(Dataset):
         self.split = split
         self.spec = spec_for(arch) if isinstance(arch, str) else arch
         self.preset = preset
-        PAIRINGS.get(pairing)
-        self.pairing_mode = pairing
-        self.demosaicer = demosaicer
-        self.look = look
-        self.augment = augment
-        self.seed = seed
+        PAIRINGS.get(items.pairing)
+        self.pairing_mode = items.pairing
+        self.demosaicer = caching.demosaicer
+        self.look = caching.look
+        self.augment = items.augment
+        self.seed = items.seed
+        patch_size = items.patch_size
         if patch_size is not None and (patch_size <= 0 or patch_size % 2):
             raise UserError(f"patch_size must be a positive even number, got {patch_size}")
         self.patch_size = patch_size
+        splits = carving.splits
         if isinstance(splits, Splits):
             self.splits = splits
         elif splits is not None and Path(splits).is_file():  # reuse a recorded carving as it is
             self.splits = load_splits(splits, self.root, self.format)
         else:
-            self.splits = carve_splits(self.root, format, carve_seed, n_val, n_test, exclude, record=splits)
+            self.splits = carve_splits(self.root, format, carving.seed, carving.n_val, carving.n_test,
+                                       carving.exclude, record=splits)
         self.listing = self.splits.listing(self.root, split)
         if not self.listing.samples:
             raise UserError(f"{self.format} {split} split of {self.root} has no RAW files")
-        self.with_paired_target = pairing == "paired" if paired_target is None else paired_target
+        self.with_paired_target = items.pairing == "paired" if items.paired_target is None else items.paired_target
         raw_paths = [s.raw_path for s in self.listing.samples]
         self.references: ReferenceStore | None = None
-        if with_reference:
-            self.references = _references(raw_paths, demosaicer, look, cache_dir, reference_workers, progress)
+        if caching.with_reference:
+            self.references = _references(raw_paths, caching.demosaicer, caching.look, caching.cache_dir,
+                                          caching.workers, caching.progress)
         # Photos by position in one de-duplicated list (the pool plus any sample's own RGB outside it)
         self._rgb_paths = list(dict.fromkeys([*self.listing.rgb_pool,
                                               *(s.rgb_path for s in self.listing.samples if s.rgb_path)]))
         self._rgb_slot = {p: j for j, p in enumerate(self._rgb_paths)}
-        if packed not in ("auto", True, False):
-            raise UserError(f"packed must be auto, true or false, got {packed!r}")
-        self.cache_dir = cache_dir
+        if caching.packed not in ("auto", True, False):
+            raise UserError(f"packed must be auto, true or false, got {caching.packed!r}")
+        self.cache_dir = caching.cache_dir
         self.packed: PackedImages | None = None
-        if packed is not False:
-            self.packed = self.find_pack(build=packed is True, workers=reference_workers, progress=progress)
+        if caching.packed is not False:
+            self.packed = self.find_pack(build=caching.packed is True, workers=caching.workers,
+                                         progress=caching.progress)
         n_files = len(raw_paths) + len(self._rgb_paths)
         auto_cache = n_files <= AUTO_CACHE_LIMIT and self.packed is None  # a pack is already in the page cache
-        self.cache_images = auto_cache if cache_images is None else cache_images
+        self.cache_images = auto_cache if caching.cache_images is None else caching.cache_images
         self._images: dict[Path, np.ndarray] = {}
         self.epoch = 0
         self.set_epoch(0)
@@ -285,7 +298,7 @@ def _references(raw_paths: list[Path], demosaicer: str, look: ReferenceLook, cac
     store = open_store(key, cache_dir)
     if store is not None:
         return store
-    bar = progress_bar(len(raw_paths), f"demosaicing references ({demosaicer})", progress)
+    bar = Progress(len(raw_paths), f"demosaicing references ({demosaicer})", unit="img", enabled=progress)
     t0 = time.perf_counter()
     try:
         store, built = build_store(raw_paths, demosaicer, look, None, cache_dir, local_map(workers), bar.update,

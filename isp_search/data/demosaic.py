@@ -1,11 +1,13 @@
 """Demosaicers (a registry) and the reference "look" that turns a demosaiced RAW into the content reference.
 
 Every demosaicer maps an RGGB mosaic (H, W) of raw values to float32 (H, W, 3) in the same units. The look is a
-separate step (SPEC §4, [ref]): divide by ``divisor``, multiply by per-channel ``gains``, clip to [0, 1], stretch
-each image's min..max to 0..1, apply gamma 1/2.2 and resize to the output size.
+separate step (docs/method.md §4.2; defaults from the authors' code): divide by ``divisor``, multiply by
+per-channel ``gains``, clip to [0, 1], stretch each image's min..max to 0..1, apply gamma 1/2.2 and resize to the
+output size.
 
-Note: [ref] divides the 10-bit values by 65535 (not 1023), so after the gains every value is far below 1 and
-the clip never bites; the per-image min-max stretch then sets the brightness. The default keeps that fact.
+Note: the authors' code (docs/method.md §4.2) divides the 10-bit values by 65535 (not 1023), so after the gains
+every value is far below 1 and the clip never bites; the per-image min-max stretch then sets the brightness. The
+default keeps that fact.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def _as_float(raw: np.ndarray) -> np.ndarray:
 
 @DEMOSAICERS.register("menon2007")
 def menon2007(raw: np.ndarray) -> np.ndarray:
-    """Menon et al. 2007 (DDFAPD with refining step), the [ref] reference demosaicer."""
+    """Menon et al. 2007 (DDFAPD with refining step), the authors' reference demosaicer (docs/method.md §4.2)."""
     return cd.demosaicing_CFA_Bayer_Menon2007(_as_float(raw), "RGGB").astype(np.float32)
 
 
@@ -86,12 +88,12 @@ def demosaic(raw: np.ndarray, name: str = "menon2007") -> np.ndarray:
 
 @dataclass(frozen=True)
 class ReferenceLook:
-    """How a demosaiced RAW becomes the content reference (defaults = [ref], SPEC §4)."""
+    """How a demosaiced RAW becomes the content reference (defaults = the authors' code, docs/method.md §4.2)."""
 
     gains: tuple[float, float, float] = (1.6, 1.2, 1.4)
     """Per-channel (R, G, B) multipliers applied after dividing by ``divisor``."""
     divisor: float = 65535.0
-    """[ref] divides 10-bit values by 65535 (not 1023); kept as the default so references match it."""
+    """The authors' code divides 10-bit values by 65535 (not 1023); kept as the default so references match it."""
     stretch: bool = True
     """Per-image min-max stretch to [0, 1] after the clip."""
     gamma: float = 2.2

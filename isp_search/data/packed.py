@@ -31,6 +31,7 @@ import numpy as np
 from isp_search.data.cache import default_cache_dir, files_key
 from isp_search.data.io import decode_rgb, read_raw
 from isp_search.filelock import exclusive_lock
+from isp_search.progress import Progress
 
 FORMAT_VERSION = 1
 PREFIX = "packed-"
@@ -160,7 +161,7 @@ def build_pack(raw_paths: Sequence[str | os.PathLike], rgb_paths: Sequence[str |
             return PackedImages(final), False
         tmp = Path(tempfile.mkdtemp(prefix=f".{PREFIX}{key}.", dir=root))
         t0 = time.perf_counter()
-        bar = progress_bar(len(raw) + len(rgb), "packing images", show_progress)
+        bar = Progress(len(raw) + len(rgb), "packing images", unit="img", enabled=show_progress)
         try:
             meta = {"v": FORMAT_VERSION, "raw": len(raw), "rgb": len(rgb)}
             _write(tmp, _chunks(raw, rgb, workers), meta, bar.update)
@@ -176,9 +177,3 @@ def build_pack(raw_paths: Sequence[str | os.PathLike], rgb_paths: Sequence[str |
           f"({pack.nbytes / 1e9:.2f} GB, {time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
     return pack, True
 
-
-def progress_bar(total: int, desc: str, show: bool):
-    """tqdm on a terminal, else a bar that draws nothing (STYLE rule 13)."""
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="img", disable=not (show and sys.stderr.isatty()), dynamic_ncols=True)

@@ -2,7 +2,7 @@
 
 - ``paired``: each RAW with its own scene's RGB (needs a paired split).
 - ``shuffled``: every RAW gets an independently drawn RGB of the split, re-drawn each epoch from (seed, epoch).
-  Same scenes, no correspondence: what [ref] did once, unseeded.
+  Same scenes, no correspondence: what the authors' code did once, unseeded (docs/method.md §2, §14).
 - ``disjoint``: the ids are split once (seeded) into two halves; RAW samples come from one half and targets from
   the other, re-drawn each epoch: no RAW ever meets its own scene, the honest unpaired setting.
 

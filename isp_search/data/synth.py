@@ -6,8 +6,8 @@ test never share a photo), and, for a fraction ``dead_leaves`` of each split, de
 natural statistics. A photo sample is a random crop after a random downscale (0.35-1x); a photo smaller than
 ``size`` is upscaled by the least factor that fits (bicubic; at ``size`` 448: at most 1.5x, chelsea).
 
-The RAW is made from the 8-bit RGB as written by the unprocessing of Brooks et al. 2019 (SPEC §2), so each pair is
-exactly consistent:
+The RAW is made from the 8-bit RGB as written by the unprocessing of Brooks et al. 2019 (docs/method.md §2.1),
+so each pair is exactly consistent:
 - **CFA**: RGGB, written as 16-bit PNG holding 10-bit values.
 - **Black level 64, white level 1023**: value = 64 + x · (1023 − 64) for linear x in [0, 1], rounded, clipped to
   [0, 1023] (read noise takes dark pixels a little below 64; highlights clip at 1023).

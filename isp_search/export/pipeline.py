@@ -79,11 +79,11 @@ def data_identity(ds) -> dict:
 
 
 def _dataset(loaded: LoadedGenerator, root: str, fmt: str, splits: tuple[str, ...], preset: str | None = None):
-    from isp_search.data.dataset import RawRGBDataset
+    from isp_search.data.dataset import Caching, RawRGBDataset
 
     for split in splits:
         try:
-            ds = RawRGBDataset(root, fmt, split, loaded.spec, preset=preset or loaded.preset, with_reference=False)
+            ds = RawRGBDataset(root, fmt, split, loaded.spec, preset=preset or loaded.preset, caching=Caching(with_reference=False))
         except UserError:
             continue
         if len(ds):

@@ -17,6 +17,7 @@ from isp_search.export import leaderboard as LB
 from isp_search.export.bench import bench_tflite
 from isp_search.export.onnx_export import example_input
 from isp_search.export.pipeline import ExportResult, export_model
+from isp_search.export.settings import ExportSettings, Provenance
 from isp_search.models.checkpoint import LoadedGenerator, load_generator
 
 
@@ -57,11 +58,11 @@ def count_macs(model: torch.nn.Module, spec, height: int, width: int) -> int:
 def save_crops(loaded: LoadedGenerator, data_root: str, data_format: str, out_dir: Path, crop: int = 96,
                split: str = "test") -> tuple[str | None, str | None]:
     """Run the model on the first test image and save a centre crop of its output and of the target as PNG."""
-    from isp_search.data.dataset import RawRGBDataset
+    from isp_search.data.dataset import Caching, RawRGBDataset
     from isp_search.data.io import write_rgb
 
     try:
-        ds = RawRGBDataset(data_root, data_format, split, loaded.spec, preset=loaded.preset, with_reference=False)
+        ds = RawRGBDataset(data_root, data_format, split, loaded.spec, preset=loaded.preset, caching=Caching(with_reference=False))
     except Exception:  # no test split with targets: no crops, the row still stands
         return None, None
     if len(ds) == 0:
@@ -158,30 +159,29 @@ def _eval_identity(data: tuple[str, str] | None, split: str, loaded: LoadedGener
         return {"format": data[1], "root": str(Path(data[0]).resolve()), "split": split}
 
 
-def publish(source: LoadedGenerator | str | os.PathLike, out_dir: str | os.PathLike, *, arch: str | None = None,
-            formats=("onnx", "tflite", "tflite_fp16"), size=(1088, 1920), gate_size=None,
-            data: tuple[str, str] | None = None, metrics: dict | None = None, kind: str = "search",
-            mode: str | None = None, search_id: str | None = None, trial_id: str | None = None,
-            config: dict | None = None, run_dir: str | None = None, bench_runs: int = 10, threads: int = 2,
-            mai_c: float = 1.0, leaderboard_path: str | os.PathLike | None = None, model_id: str | None = None,
-            targets=(), adb: dict | None = None, weights_mode: str = "pretrained") -> Published:
-    """Export at the deployed ``size`` and gate; if every gate passes, benchmark and append one leaderboard row.
+def publish(source: LoadedGenerator | str | os.PathLike, out_dir: str | os.PathLike, settings: ExportSettings,
+            provenance: Provenance, *, data: tuple[str, str] | None = None, metrics: dict | None = None,
+            weights_mode: str = "pretrained", leaderboard_path: str | os.PathLike | None = None) -> Published:
+    """Export at ``settings.deploy_size`` and gate; if every gate passes, benchmark and append one leaderboard row.
 
-    The row's artifacts are the deployed (gated and timed) files. ``gate_size`` adds a second, gate-only export
-    (e.g. real patches at their own 256x256) that must pass too. ``targets``: ``adb[:SERIAL]`` and
-    ``qai-hub:DEVICE`` time the fp16 file on a phone's GPU (``adb`` holds :func:`bench_adb` arguments:
-    benchmark_binary, runs, warmup); the CPU (LiteRT fp32, ``threads``) is always timed. ``weights_mode``
-    (pretrained | random) picks the LPIPS/DISTS backbones when ``data`` is evaluated here. A refusal at any stage
-    returns ``row=None`` and appends nothing.
+    The row's artifacts are the deployed (gated and timed) files. ``settings.gate_size`` adds a second, gate-only
+    export (e.g. real patches at their own 256x256) that must pass too. Phone targets time the fp16 file on the
+    phone's GPU; the CPU (LiteRT fp32) is always timed. ``metrics`` are the model's quality as measured by its
+    run (the row names their split); without them, ``data``'s test split is evaluated here with ``weights_mode``
+    (pretrained | random) LPIPS/DISTS backbones. A refusal at any stage returns ``row=None`` and appends nothing.
     """
-    targets = mobile_targets(targets)
+    targets = mobile_targets(settings.targets)
+    adb = settings.adb
     preflight(targets, adb)
-    loaded = source if isinstance(source, LoadedGenerator) else load_generator(source, arch=arch)
+    loaded = source if isinstance(source, LoadedGenerator) else load_generator(source)
     out = Path(out_dir).resolve()  # rows point at artifacts from anywhere
-    model_id = model_id or (f"{search_id}/{trial_id}" if search_id and trial_id else out.name)
-    formats = list(dict.fromkeys([*formats, "tflite"] + (["tflite_fp16"] if targets else [])))  # what is timed
+    prov = provenance
+    model_id = prov.model_id or (f"{prov.search_id}/{prov.trial_id}" if prov.search_id and prov.trial_id
+                                 else out.name)
+    size, gate_size = tuple(settings.deploy_size), settings.gate_size
+    formats = list(dict.fromkeys([*settings.formats, "tflite"] + (["tflite_fp16"] if targets else [])))  # timed
     parity: list[dict] = []
-    if gate_size and tuple(gate_size) != tuple(size):
+    if gate_size and tuple(gate_size) != size:
         gate = export_model(loaded, out / f"gate_{gate_size[0]}x{gate_size[1]}", [f for f in formats
                                                                                 if f != "tflite_int8"],
                             tuple(gate_size), calib=data)
@@ -192,18 +192,19 @@ def publish(source: LoadedGenerator | str | os.PathLike, out_dir: str | os.PathL
     if not result.passed:
         return Published(model_id, result, None)
     if metrics is None and data is not None:
-        from isp_search.data.dataset import RawRGBDataset
+        from isp_search.data.dataset import Caching, RawRGBDataset
         from isp_search.metrics import evaluate_model
 
-        ds = RawRGBDataset(data[0], data[1], "test", loaded.spec, preset=loaded.preset, with_reference=False)
+        ds = RawRGBDataset(data[0], data[1], "test", loaded.spec, preset=loaded.preset, caching=Caching(with_reference=False))
         metrics = {**evaluate_model(loaded.model, loaded.spec, ds, weights_mode=weights_mode), "split": "test"}
     metrics = dict(metrics or {})
     if metrics.get("lpips") is not None and not metrics.get("lpips_weights"):
         # metrics handed over from training: the checkpoint says which feature weights its LPIPS used
         metrics["lpips_weights"] = loaded.meta.get("backbone_weights")
-    mode = mode or loaded.meta.get("mode")
+    mode = prov.mode or loaded.meta.get("mode")
+    mai_c = settings.mai_c
     fp32 = result.paths["tflite"]
-    latency = [_latency_entry(bench_tflite(fp32, threads=threads, runs=bench_runs), size, fp32)]
+    latency = [_latency_entry(bench_tflite(fp32, threads=settings.threads, runs=settings.runs), size, fp32)]
     latency[0]["precision"] = "fp32"
     latency += [_time_mobile(t, result.paths["tflite_fp16"], size, adb) for t in targets]
     primary = next((e for e in latency if LB.is_mobile(e["target"])), latency[0])
@@ -217,8 +218,8 @@ def publish(source: LoadedGenerator | str | os.PathLike, out_dir: str | os.PathL
     ident = _eval_identity(data, split, loaded) if psnr is not None or metrics.get("lpips") is not None else {}
     mobile = LB.is_mobile(primary["target"])
     row = {
-        "model_id": model_id, "kind": kind, "backbone": loaded.spec.name, "mode": mode, "preset": loaded.preset,
-        "search_id": search_id, "trial_id": trial_id, "config": config or {},
+        "model_id": model_id, "kind": prov.kind, "backbone": loaded.spec.name, "mode": mode,
+        "preset": loaded.preset, "search_id": prov.search_id, "trial_id": prov.trial_id, "config": dict(prov.config),
         "params": sum(p.numel() for p in loaded.model.parameters()),
         "macs": count_macs(loaded.model, loaded.spec, *size), "macs_size": f"{size[0]}x{size[1]}",
         "psnr": psnr, "ssim": metrics.get("ssim"), "ms_ssim": metrics.get("ms_ssim"), "lpips": metrics.get("lpips"),
@@ -234,7 +235,7 @@ def publish(source: LoadedGenerator | str | os.PathLike, out_dir: str | os.PathL
         "int8_psnr_db": int8 and int8["psnr_db"], "int8_quality_drop_db": int8 and int8["quality_drop_db"],
         "artifacts": result.paths, "sha256": result.sha256, "artifact_bytes": result.bytes,
         "artifact_size": f"{size[0]}x{size[1]}",
-        "sample_crop": crops[0], "target_crop": crops[1], "git_sha": LB.git_sha(), "run_dir": run_dir,
+        "sample_crop": crops[0], "target_crop": crops[1], "git_sha": LB.git_sha(), "run_dir": prov.run_dir,
     }
     LB.append_rows([row], leaderboard_path)
     (out / "leaderboard_row.json").write_text(json.dumps(LB.normalise_row(row), default=str, indent=1))

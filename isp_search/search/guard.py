@@ -15,13 +15,14 @@
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable
 from typing import Any
 
+from ray import tune
 from ray.tune import Callback
 
 from isp_search.errors import UserError
+from isp_search.search.trainable import objective_names, with_required
 
 # Retrying these cannot help: the same config and files fail the same way.
 DETERMINISTIC: tuple[type[BaseException], ...] = (UserError, FileNotFoundError, NotADirectoryError,
@@ -37,33 +38,24 @@ def error_reason(e: BaseException) -> str:
     return line if len(line) <= _MAX_REASON else line[: _MAX_REASON - 1] + "…"
 
 
-def _required(result: dict[str, Any], names: list[str]) -> dict[str, Any]:
-    """Ray refuses a result that lacks the searcher's or scheduler's metrics: absent ones become NaN."""
-    for m in names:
-        result.setdefault(m, math.nan)
-    return result
-
-
 def guard(fn: Callable[..., None]) -> Callable[..., None]:
     """``fn(config, **kw)`` as a trainable taking ``recorded`` (Ray trial id -> result to replay) too; the
     wrapper keeps ``fn``'s name, which Ray's ``Tuner.restore`` checks."""
 
     @functools.wraps(fn)
     def run(config: dict[str, Any], *, recorded: dict[str, dict] | None = None, **kw: Any) -> None:
-        from ray import tune
-
         space = kw.get("space")
-        names = [*space.metric_names, space.scheduler.metric] if space is not None else []
+        names = objective_names(space) if space is not None else []
         trial_id = tune.get_context().get_trial_id()
         if recorded and trial_id in recorded:
             print(f"trial {trial_id} is already final in the Optuna study: its recorded result is replayed",
                   flush=True)
-            tune.report(_required(dict(recorded[trial_id]), names))
+            tune.report(with_required(dict(recorded[trial_id]), names))
             return
         try:
             fn(config, **kw)
         except Exception as e:  # reported (with its real cause), then raised: Ray marks the trial ERROR
-            tune.report(_required({"trial_status": "error", "fail_reason": error_reason(e),
+            tune.report(with_required({"trial_status": "error", "fail_reason": error_reason(e),
                                    DETERMINISTIC_KEY: int(isinstance(e, DETERMINISTIC))}, names))
             raise
 

@@ -15,7 +15,7 @@ why, so the driver checks first and lists *every* problem, one line each naming 
   a trial reports once per evaluation plus one closing report, which must arrive for it to count as COMPLETE);
 * the per-trial resources against ``ray.cluster_resources()`` when Ray is connected.
 
-:func:`run` raises :class:`PreflightError` (exit 2) listing them all; nothing has been started then.
+:func:`check` raises :class:`PreflightError` (exit 2) listing them all; nothing has been started then.
 """
 
 from __future__ import annotations
@@ -25,15 +25,27 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from isp_search.configio import Source, load_yaml
+import ray
+
+from isp_search import weights
+from isp_search.configio import NearestSource, Source, load_yaml
+from isp_search.data.demosaic import DEMOSAICERS
+from isp_search.data.formats import get_format
 from isp_search.errors import UserError
-from isp_search.search.space import Param, SearchSpace, _NearestSource, to_overrides
+from isp_search.models import spec_for
+from isp_search.models.checkpoint import resolve_checkpoint_path
+from isp_search.raw import PRESETS
+from isp_search.search.context import StudyContext
+from isp_search.search.sampling import to_overrides
+from isp_search.search.space import Param, SearchSpace
+from isp_search.train.config import GAN_MODES, TrainConfig, apply_overrides
+from isp_search.train.losses import LOSSES
+from isp_search.train.step import BRANCH_NET
 
 # frozen network of the trainer -> the weight files it loads (isp_search.weights names)
 NET_FILES = {"vgg": ("vgg19",), "vit": ("vit_b16",), "alex": ("alexnet",),
              "lpips": ("alexnet", "lpips_alex_v0.1"), "dists": ("vgg16", "dists_alpha_beta")}
 EVAL_NETS = ("lpips",)  # every evaluation computes LPIPS
-GAN_MODES = ("paired", "unpaired")
 
 
 class PreflightError(UserError):
@@ -51,7 +63,7 @@ def _locator(path: str | None) -> Callable[[str], str]:
         _, src = load_yaml(path) if path else (None, Source("<inline>"))
     except UserError:
         src = Source(str(path))
-    return _NearestSource(src.file, src.lines).where
+    return NearestSource(src.file, src.lines).where
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -88,10 +100,6 @@ def param_values(p: Param) -> list[tuple[str, Any]]:
 
 def config_problems(cfg: Any, pretrained_init: bool, memo: dict | None = None) -> list[tuple[str, str]]:
     """(config key, problem; fix) for one resolved training config: names, data, weights, init."""
-    from isp_search.data.demosaic import DEMOSAICERS
-    from isp_search.models import spec_for
-    from isp_search.raw import PRESETS
-
     out: list[tuple[str, str]] = []
     for key, check in (("model.arch", lambda: spec_for(cfg.model.arch)),
                        ("data.demosaicer", lambda: DEMOSAICERS.get(cfg.data.demosaicer)),
@@ -117,8 +125,6 @@ def config_problems(cfg: Any, pretrained_init: bool, memo: dict | None = None) -
 
 def _init_problem(init: str) -> str | None:
     """Why ``model.init_from`` cannot be loaded from (a run folder needs a checkpoint in it), else None."""
-    from isp_search.models.checkpoint import resolve_checkpoint_path
-
     try:
         resolve_checkpoint_path(init)
     except UserError as e:
@@ -128,8 +134,6 @@ def _init_problem(init: str) -> str | None:
 
 def data_problems(cfg: Any, memo: dict | None = None) -> list[tuple[str, str]]:
     """The data set root exists (or is synthetic) and holds the train and val splits training reads."""
-    from isp_search.data.formats import get_format
-
     d = cfg.data
     key = (d.root, d.format, d.synthetic, d.splits, d.n_val)
     if memo is not None and key in memo:  # every choice of a search usually shares one data set
@@ -167,10 +171,6 @@ def weight_problems(cfg: Any) -> list[tuple[str, str]]:
     """Every pretrained file the active loss terms and the evaluation load (none with backbone_weights: random)."""
     if cfg.backbone_weights == "random":
         return []
-    from isp_search import weights
-    from isp_search.train.losses import LOSSES
-    from isp_search.train.step import BRANCH_NET
-
     nets = {BRANCH_NET[LOSSES.get(t).branch] for t in cfg.active_terms if LOSSES.get(t).branch} | set(EVAL_NETS)
     needed = {f for n in nets for f in NET_FILES[n]}
     out = []
@@ -202,8 +202,6 @@ def scheduler_problems(space: SearchSpace, base_evals: int, evals: dict[str, int
 
 def resource_problems(space: SearchSpace) -> list[tuple[str, str]]:
     """Per-trial resources the connected Ray cluster does not have at all (a trial would wait forever)."""
-    import ray
-
     if not ray.is_initialized():
         return []
     have = ray.cluster_resources()
@@ -220,8 +218,6 @@ def resource_problems(space: SearchSpace) -> list[tuple[str, str]]:
 
 def problems(space: SearchSpace, cfg: Any) -> list[str]:
     """Every problem of ``space`` on the base training config ``cfg``, one line each (empty: ready to run)."""
-    from isp_search.train import apply_overrides
-
     in_space = _locator(space.source)
     in_base = _locator(space.base.config) if isinstance(space.base.config, str) else in_space
     pretrained_init = space.pretrain.enabled if hasattr(space, "pretrain") else False
@@ -264,15 +260,13 @@ def problems(space: SearchSpace, cfg: Any) -> list[str]:
     return lines
 
 
-def run(space: SearchSpace, cfg: Any) -> None:
+def check(space: SearchSpace, cfg: TrainConfig) -> None:
     """Raise :class:`PreflightError` listing every problem; return quietly when the search can start."""
     found = problems(space, cfg)
     if found:
         raise PreflightError(found)
 
 
-def preflight(space: SearchSpace) -> None:
-    """:func:`run` on the space's own base training config (the study's first stage)."""
-    from isp_search.search.tuner import base_train_config
-
-    run(space, base_train_config(space))
+def preflight(ctx: StudyContext) -> None:
+    """The study's first stage: :func:`check` on its space and base training config."""
+    check(ctx.space, ctx.cfg)

@@ -1,17 +1,15 @@
 """The prepare stage: every reference cache a study's trials (and its pretrain run) can ask for, built once.
 
 A training config needs one store per split (train, val, test) for its ``data.demosaicer``; a search space can
-ask for every choice of a searched ``data.demosaicer`` too. ``plan`` lists those stores, ``prepare`` builds the
-missing ones — chunks computed by Ray tasks spread over the cluster's CPUs when Ray is running, else by local
-processes — into ``$ISP_SEARCH_CACHE`` (on shared storage, every node then reads the same stores).
-
-More per-config preparation (e.g. packed decoded arrays) goes in :data:`HOOKS`: each hook is called with every
-planned training config after the references are built.
+ask for every choice of a searched ``data.demosaicer`` too. :func:`plan` lists those stores, :func:`prepare`
+builds the missing ones (chunks computed by Ray tasks spread over the cluster's CPUs when Ray is running, else by
+local processes) into ``$ISP_SEARCH_CACHE`` (on shared storage, every node then reads the same stores); configs
+with ``data.packed: true`` get their packs of decoded images too. :func:`prepare_stage` is the study's stage:
+``<exp>/prepare.json`` lists the stores with their build times.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -20,21 +18,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import ray
+
 from isp_search.data.cache import MapChunks, build_store, content_key, default_cache_dir, local_map, open_store
+from isp_search.data.datasets import pack_config
 from isp_search.data.demosaic import ReferenceLook
+from isp_search.data.splits import carve_splits, load_splits
+from isp_search.data.synth import ensure_synthetic
+from isp_search.progress import Progress
+from isp_search.search.context import StudyContext
+from isp_search.search.experiment import read_json, write_json
+from isp_search.search.faults import hold_marker, hold_point
+from isp_search.search.pretrain import pretrain_config
 
 SPLITS = ("train", "val", "test")
-HOOKS: list[Callable[[Any], None]] = []  # more preparation per training config, run after the references
-
-
-def _pack_hook(cfg: Any) -> None:
-    """Packs of decoded images for configs with ``data.packed: true`` (isp_search.data.packed)."""
-    from isp_search.commands.bench_data import pack_config
-
-    pack_config(cfg)
-
-
-HOOKS.append(_pack_hook)
+RECORD = "prepare.json"
 
 
 @dataclass
@@ -62,12 +60,8 @@ class StoreJob:
 
 def split_paths(cfg: Any) -> dict[str, list[str]]:
     """RAW files of each split of ``cfg``'s data set, carved exactly as training carves them."""
-    from isp_search.data.splits import carve_splits, load_splits
-
     d = cfg.data
     if d.synthetic:
-        from isp_search.data.synth import ensure_synthetic
-
         ensure_synthetic(d.root, d.format)
     if d.splits and Path(d.splits).is_file():
         splits = load_splits(d.splits, d.root, d.format)
@@ -103,39 +97,11 @@ def space_demosaicers(space: Any) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-class Progress:
-    """A tqdm bar on a terminal; plain lines every ``every_s`` seconds otherwise (job logs, CI)."""
-
-    def __init__(self, total: int, desc: str, every_s: float = 10.0) -> None:
-        self.total, self.done, self.desc, self.every_s = total, 0, desc, every_s
-        self.t0 = self.last = time.time()
-        self.bar = None
-        if sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True)
-
-    def __call__(self, n: int) -> None:
-        self.done += n
-        if self.bar is not None:
-            self.bar.update(n)
-        elif time.time() - self.last >= self.every_s or self.done >= self.total:
-            self.last = time.time()
-            rate = self.done / max(self.last - self.t0, 1e-9)
-            print(f"{self.desc}: {self.done}/{self.total} images ({rate:.1f} img/s)", flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def ray_map(hold: Callable[[], None] | None = None) -> MapChunks:
     """``map_chunks`` as Ray tasks (one CPU each) over the cluster, results in order, a bounded number in flight.
 
     ``hold`` is called once after the first chunk is written (the stage's fault-injection point, see ``prepare``).
     """
-    import ray
-
     @ray.remote(num_cpus=1, max_retries=3)
     def compute(fn: Callable, chunk: list[str]) -> list:
         return fn(chunk)
@@ -180,13 +146,13 @@ def prepare(jobs: list[StoreJob], *, use_ray: bool = False, workers: int | None 
     workers = workers or os.cpu_count() or 1
     for j in todo:
         mapper = ray_map(hold) if use_ray else _local_map_with_hold(workers, hold)
-        bar = Progress(len(j.paths), f"references {j.split}/{j.demosaicer}") if not quiet else None
+        bar = Progress(len(j.paths), f"references {j.split}/{j.demosaicer}", unit="img", every_s=10.0,
+                       stream=sys.stdout, enabled=not quiet)
         j.started = time.time()
-        _, j.built = build_store(j.paths, j.demosaicer, look, None, root, mapper, bar, key=j.key)
+        _, j.built = build_store(j.paths, j.demosaicer, look, None, root, mapper, bar.update, key=j.key)
         j.finished = time.time()
         j.seconds = j.finished - j.started
-        if bar is not None:
-            bar.close()
+        bar.close()
     return jobs
 
 
@@ -199,31 +165,23 @@ def still_there(rows: list[dict], jobs: list[StoreJob], cache_dir: str | os.Path
     return want <= have and all(open_store(k, root) is not None for k in want)
 
 
-def run_hooks(configs: Sequence[Any]) -> None:
-    for hook in HOOKS:
-        for cfg in configs:
-            hook(cfg)
+def pack(configs: Sequence[Any]) -> None:
+    """The packs of decoded images of every config that asks for them (``data.packed: true``)."""
+    for cfg in configs:
+        pack_config(cfg)
 
 
-def write_record(path: str | os.PathLike, jobs: list[StoreJob]) -> None:
-    """``prepare.json``: one row per store (the stage's result; its presence means the stage is done)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(json.dumps({"stores": [j.row() for j in jobs], "finished": time.time()}, indent=1))
-    os.replace(tmp, p)
-
-
-def hold_point(marker: str | os.PathLike | None) -> Callable[[], None] | None:
-    """Fault injection for the kill-and-resume tests: with ``ISP_SEARCH_HOLD=<stage>`` a stage writes ``marker``
-    mid-way and then waits to be killed, so a test kills it at a known point. None when not asked for."""
-    if marker is None:
-        return None
-
-    def hold() -> None:
-        Path(marker).parent.mkdir(parents=True, exist_ok=True)
-        Path(marker).write_text(str(os.getpid()))
-        while True:
-            time.sleep(1)
-
-    return hold
+def prepare_stage(ctx: StudyContext) -> list[StoreJob]:
+    """Build every reference store a trial of the study (and its pretrain run) can ask for; record them."""
+    pre = pretrain_config(ctx.space)
+    configs = ([pre] if pre is not None else []) + [ctx.cfg]
+    jobs = plan(configs, space_demosaicers(ctx.space))
+    record = read_json(f"{ctx.exp.uri}/{RECORD}")
+    if record and still_there(record["stores"], jobs):  # done by an earlier run of this study
+        print(f"prepare: {len(jobs)} reference stores (recorded by this study, all present)", flush=True)
+        pack(configs)  # a pack already built is found, not rebuilt
+        return jobs
+    prepare(jobs, use_ray=True, hold=hold_point(hold_marker(ctx.exp.uri, "prepare")))
+    pack(configs)
+    write_json(f"{ctx.exp.uri}/{RECORD}", {"stores": [j.row() for j in jobs], "finished": time.time()})
+    return jobs

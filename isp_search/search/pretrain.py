@@ -4,6 +4,8 @@ A run is keyed by its resolved config (``<name>-<hash>``): the same config finds
 search (or ``isp-search demo``) reuses a completed run and resumes one that was cut off. In a search the run lives
 under ``<storage>/pretrain/`` and trains as one Ray task with the trials' resources (a GPU on a cluster);
 ``run_once`` is the plain function behind it (no Ray), which ``isp-search demo`` calls too.
+``<exp>/pretrain.json`` records the run and the sha256 of the checkpoint the trials load, so a resumed study keeps
+the run it started with.
 """
 
 from __future__ import annotations
@@ -15,18 +17,26 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import ray
+import yaml
+
+from isp_search.configio import to_dict
+from isp_search.data.cache import default_cache_dir
 from isp_search.errors import UserError
 from isp_search.hashing import file_sha256
+from isp_search.models.checkpoint import resolve_checkpoint_path
+from isp_search.search.context import StudyContext
+from isp_search.search.experiment import read_json, write_json
+from isp_search.search.faults import hold_marker, hold_point
+from isp_search.search.space import SearchSpace
+from isp_search.train.config import TrainConfig, apply_overrides, load_train_config
+from isp_search.train.loop import train
 
 RECORD = "pretrain.json"  # in the experiment folder: the run the trials start from (see ``record``)
 
 
 def config_key(cfg: Any) -> str:
     """Eight hex digits of the resolved config (every value that changes the run)."""
-    import yaml
-
-    from isp_search.configio import to_dict
-
     return hashlib.sha1(yaml.safe_dump(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:8]
 
 
@@ -39,8 +49,6 @@ def run_once(cfg: Any, run_dir: str | os.PathLike, hold: Callable[[], None] | No
     """Train ``cfg`` into ``run_dir`` unless it completed there; resumed from its ``last.pt`` if cut off.
 
     ``hold`` (tests) is called after the first checkpoint. Returns the run's summary."""
-    from isp_search.train import train
-
     run_dir = Path(run_dir)
     if is_complete(run_dir):
         return {**json.loads((run_dir / "summary.json").read_text()), "reused": True}
@@ -61,8 +69,6 @@ def run_once(cfg: Any, run_dir: str | os.PathLike, hold: Callable[[], None] | No
 
 def pretrain_config(space: Any) -> Any | None:
     """The resolved training config of ``space.pretrain`` (None when the space names none or an existing run)."""
-    from isp_search.train import apply_overrides, load_train_config
-
     p = space.pretrain
     if not p.config:
         return None
@@ -76,8 +82,6 @@ def pretrain_root(space: Any) -> Path:
     """``<storage>/pretrain`` (object-store storage: next to ``$ISP_SEARCH_CACHE``, which must then be shared)."""
     if "://" not in space.storage.path:
         return Path(space.storage.path) / "pretrain"
-    from isp_search.data.cache import default_cache_dir
-
     return default_cache_dir().parent / "pretrain"
 
 
@@ -85,15 +89,24 @@ def run_dir_of(space: Any, cfg: Any) -> Path:
     return pretrain_root(space) / f"{cfg.name or Path(space.pretrain.config).stem}-{config_key(cfg)}"
 
 
+def _remote_run(cfg: Any, run_dir: str, marker: str | None) -> dict[str, Any]:
+    return run_once(cfg, run_dir, hold_point(marker))
 
 
-def _remote_run(cfg: Any, run_dir: str, hold_marker: str | None) -> dict[str, Any]:
-    from isp_search.search.prepare import hold_point
+def pretrain_stage(ctx: StudyContext) -> StudyContext:
+    """The study with every trial starting from its pretrain run (as it is when the space names none)."""
+    rec = read_json(f"{ctx.exp.uri}/{RECORD}")
+    if rec and rec.get("init_from") and is_complete_or_file(rec["init_from"]):
+        print(f"pretrain: {rec['init_from']} (recorded by this study)", flush=True)
+        return ctx.starting_from(rec["init_from"])
+    init = starting_point(ctx.space, use_ray=True, marker=hold_marker(ctx.exp.uri, "pretrain"))
+    if init is None:
+        return ctx
+    write_json(f"{ctx.exp.uri}/{RECORD}", record(init))
+    return ctx.starting_from(init)
 
-    return run_once(cfg, run_dir, hold_point(hold_marker))
 
-
-def pretrain_stage(space: Any, use_ray: bool = True, hold_marker: str | None = None) -> str | None:
+def starting_point(space: SearchSpace, use_ray: bool = True, marker: str | None = None) -> str | None:
     """The ``model.init_from`` for every trial: ``pretrain.init_from``, or the (trained, reused or resumed) run."""
     p = space.pretrain
     if p.init_from:
@@ -110,25 +123,21 @@ def pretrain_stage(space: Any, use_ray: bool = True, hold_marker: str | None = N
     print(f"pretrain: training {run_dir}" + (" (resuming)" if (run_dir / "checkpoints" / "last.pt").is_file()
                                             else ""), flush=True)
     if use_ray:
-        summary = _ray_run(space, cfg, run_dir, hold_marker)
+        summary = _ray_run(space, cfg, run_dir, marker)
     else:
-        from isp_search.search.prepare import hold_point
-
-        summary = run_once(cfg, run_dir, hold_point(hold_marker))
+        summary = run_once(cfg, run_dir, hold_point(marker))
     psnr = (summary.get("val") or {}).get("psnr", float("nan"))
     print(f"pretrain: {run_dir} done ({summary.get('step')} steps, val psnr {psnr:.2f} dB)", flush=True)
     return str(run_dir)
 
 
-def _ray_run(space: Any, cfg: Any, run_dir: Path, hold_marker: str | None) -> dict[str, Any]:
+def _ray_run(space: SearchSpace, cfg: TrainConfig, run_dir: Path, marker: str | None) -> dict[str, Any]:
     """One Ray task with the trials' resources; a deterministic error comes back as itself, not a Ray traceback."""
-    import ray
-
     res = space.resources
     task = ray.remote(num_cpus=res.cpu, num_gpus=res.gpu, resources=dict(res.custom) or None,
                       max_retries=max(0, space.search.max_failures), retry_exceptions=False)(_remote_run)
     try:
-        return ray.get(task.remote(cfg, str(run_dir), hold_marker))
+        return ray.get(task.remote(cfg, str(run_dir), marker))
     except ray.exceptions.RayTaskError as e:
         if isinstance(e.cause, UserError):
             raise UserError(f"pretrain: {e.cause}") from None
@@ -137,8 +146,6 @@ def _ray_run(space: Any, cfg: Any, run_dir: Path, hold_marker: str | None) -> di
 
 def record(init_from: str) -> dict[str, Any]:
     """What ``<exp>/pretrain.json`` holds: the run and the sha256 of the checkpoint file every trial loads."""
-    from isp_search.models.checkpoint import resolve_checkpoint_path
-
     ck = resolve_checkpoint_path(init_from) if "://" not in init_from else None
     return {"init_from": init_from, "checkpoint": str(ck) if ck else None, "sha256": file_sha256(ck) if ck else None}
 

@@ -1,4 +1,5 @@
-"""The Optuna searcher for Ray Tune: multi-objective, persistent study, and the two traps of SPEC section 10 fixed.
+"""The Optuna searcher for Ray Tune: multi-objective, persistent study, and the two traps of Ray's
+``OptunaSearch`` fixed (docs/method.md §10).
 
 Ray's ``OptunaSearch.on_trial_complete`` tells Optuna COMPLETE for any result it gets, so a trial stopped early by
 ASHA would enter the Pareto front with half-trained values, and a non-finite value leaves the Optuna trial RUNNING
@@ -20,9 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import warnings
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -31,14 +30,16 @@ from ray.tune.search.optuna import OptunaSearch
 
 from isp_search.search import journal
 from isp_search.search import reconcile as rc
+from isp_search.search.optuna_storage import make_storage
 from isp_search.search.reconcile import FAIL_ATTR, FINAL_ATTR, KIND_ATTR, RAY_TRIAL_ATTR
-from isp_search.search.space import SearchSpace, define_by_run
+from isp_search.search.sampling import define_by_run
+from isp_search.search.space import SearchSpace
 
 log = logging.getLogger(__name__)
 
 EXPERIMENT_ATTR = "experiment"
 RAY_ERROR = "the trial's worker failed (Ray error, no exception reported); see error.txt in its trial folder"
-__all__ = ["FAIL_ATTR", "RAY_TRIAL_ATTR", "IspOptunaSearch", "decide_state", "load_study", "make_searcher"]
+__all__ = ["FAIL_ATTR", "RAY_TRIAL_ATTR", "IspOptunaSearch", "decide_state", "make_searcher"]
 
 
 def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
@@ -55,16 +56,6 @@ def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
             log.warning("nsga2 is meant for several objectives; it runs on one too")
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(2, space.search.max_concurrent * 2))
     return optuna.samplers.RandomSampler(seed=seed)
-
-
-def make_storage(url_or_path: str) -> optuna.storages.BaseStorage:
-    """An RDB URL (``sqlite:///...``, ``postgresql://...``) or a JournalStorage file (open-lock: NFS-safe)."""
-    if "://" in url_or_path:
-        return optuna.storages.RDBStorage(url_or_path)
-    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
-
-    Path(url_or_path).parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.JournalStorage(JournalFileBackend(url_or_path, lock_obj=JournalFileOpenLock(url_or_path)))
 
 
 def _finite(v: Any) -> bool:
@@ -197,10 +188,3 @@ def make_searcher(space: SearchSpace, study_name: str, storage: str, experiment:
     )
     searcher._orphans = [t._trial_id for t in existing if t.state == TrialState.RUNNING]
     return searcher
-
-
-def load_study(study_name: str, storage: str) -> optuna.Study:
-    """Open a finished or running study (read-only use)."""
-    if "://" not in storage and not os.path.exists(storage):
-        raise FileNotFoundError(storage)
-    return optuna.load_study(study_name=study_name, storage=make_storage(storage))

@@ -1,20 +1,18 @@
-"""Search-space YAML: a base training config, the tuned parameters, the objectives and how the search runs.
+"""The search-space schema: a base training config, the tuned parameters, the objectives and how the search runs.
 
-Every section is a frozen dataclass read through :mod:`isp_search.configio`, so an unknown key or a bad value
-fails at load as one line naming the file, line and dotted key. ``define_space`` turns the ``space`` section into
-an Optuna define-by-run function (parameters in YAML order; ``when:`` skips a parameter unless earlier ones match).
-The schema is documented in ``search_spaces/README.md``.
+One frozen dataclass per YAML section, read by :mod:`isp_search.search.space_file` through
+:mod:`isp_search.configio`, so an unknown key or a bad value fails at load as one line naming the file, line and
+dotted key. The schema is documented in ``search_spaces/README.md``.
 """
 
 from __future__ import annotations
 
-import math
-import os
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from isp_search.configio import ConfigError, Source, build, load_yaml
+from isp_search.errors import UserError
+from isp_search.export.settings import ExportSettings
+from isp_search.metrics import direction
 
 SAMPLERS = ("tpe", "gp", "nsga2", "random")
 EXPORT_FORMATS = ("onnx", "tflite", "tflite_fp16", "tflite_int8")
@@ -120,9 +118,12 @@ class ExportCfg:
         default=("onnx", "tflite", "tflite_fp16"),
         metadata={"check": lambda v: all(f in EXPORT_FORMATS for f in v), "valid": f"formats among {EXPORT_FORMATS}"},
     )
-    size: tuple[int, int] = field(default=(256, 256), metadata={"check": _size_ok, "valid": "[H, W], multiples of 4"})
-    bench_size: tuple[int, int] = field(default=(1088, 1920),
-                                        metadata={"check": _size_ok, "valid": "[H, W], multiples of 4"})
+    # the size models are trained and evaluated at: a gate-only export there (isp_search.export.settings)
+    gate_size: tuple[int, int] = field(default=(256, 256),
+                                       metadata={"check": _size_ok, "valid": "[H, W], multiples of 4"})
+    # the deployed size: exported, gated, timed (the leaderboard row's files)
+    deploy_size: tuple[int, int] = field(default=(1088, 1920),
+                                         metadata={"check": _size_ok, "valid": "[H, W], multiples of 4"})
     threads: int = field(default=2, metadata={"check": _pos, "valid": "int > 0"})
     runs: int = field(default=10, metadata={"check": _pos, "valid": "int > 0"})
     # target -> max ms: cpu, adb[:SERIAL] or qai-hub:DEVICE; a phone target also times the fp16 file on its GPU
@@ -131,6 +132,15 @@ class ExportCfg:
         "valid": "{cpu | adb | adb:SERIAL | qai-hub:DEVICE: max ms > 0}"})
     benchmark_binary: str = ""  # TFLite benchmark_model for the phone (adb targets)
     results: str = "results"  # leaderboard.parquet, its HTML report, exports and plots go here
+    mai_c: float = field(default=1.0, metadata={"check": _pos, "valid": "a number > 0"})  # MAI score constant
+
+    @property
+    def settings(self) -> ExportSettings:
+        """What the publish path takes (the CPU is always timed; phones are the other targets)."""
+        return ExportSettings(formats=self.formats, deploy_size=tuple(self.deploy_size),
+                              gate_size=tuple(self.gate_size), runs=self.runs, threads=self.threads,
+                              targets=tuple(t for t in self.latency_targets if t != "cpu"),
+                              benchmark_binary=self.benchmark_binary, mai_c=self.mai_c)
 
 
 @dataclass(frozen=True)
@@ -158,228 +168,16 @@ class SearchSpace:
         return [o.direction or "min" for o in self.objectives]
 
 
-class _NearestSource(Source):
-    """A Source whose ``where`` falls back to the closest enclosing key (list items have no line of their own)."""
-
-    def where(self, key: str) -> str:
-        k = key
-        while k:
-            if k in self.lines:
-                return f"{self.file}:{self.lines[k]}"
-            k = k.rsplit(".", 1)[0] if "." in k else (k.rsplit("[", 1)[0] if "[" in k else "")
-        return self.file
-
-
 def metric_direction(metric: str) -> str:
     """The declared direction of ``metric`` ('min' | 'max'), from the metric registry."""
-    if metric == LATENCY_METRIC:
-        return "min"
-    from isp_search.metrics import direction
-
-    return direction(metric)
+    return "min" if metric == LATENCY_METRIC else direction(metric)
 
 
 def score_mode(space: SearchSpace) -> str:
     """Direction of the scheduler's scalar: the metric's declared one, else ``scheduler.mode``."""
     try:
         return metric_direction(space.scheduler.metric)
-    except Exception:  # not a registered metric, e.g. the trainer's combined ``score``
+    except UserError:  # not a registered metric, e.g. the trainer's combined ``score``
         return space.scheduler.mode
 
 
-def _check_param(name: str, p: Param, src: Source, earlier: dict[str, Param]) -> None:
-    def fail(msg: str, key: str = "") -> ConfigError:
-        dotted = f"space.{name}" + (f".{key}" if key else "")
-        return ConfigError(f"{src.where(dotted)}: {dotted}: {msg}")
-
-    if p.type == "categorical":
-        if not p.choices:
-            raise fail("categorical needs a non-empty list 'choices'", "choices")
-        for k in ("low", "high", "step"):
-            if getattr(p, k) is not None:
-                raise fail(f"'{k}' is for float/int; categorical takes only 'choices'", k)
-        if any(not isinstance(c, _CHOICE_TYPES) for c in p.choices):
-            raise fail("choices must be numbers, strings, booleans or null", "choices")
-    else:
-        if p.choices is not None:
-            raise fail(f"'choices' is for categorical; {p.type} takes low/high", "choices")
-        if p.low is None or p.high is None:
-            raise fail(f"{p.type} needs 'low' and 'high'", "low" if p.low is None else "high")
-        if not (math.isfinite(p.low) and math.isfinite(p.high)) or p.low > p.high:
-            raise fail(f"expected low <= high, got low={p.low}, high={p.high}", "high")
-        if p.log and p.low <= 0:
-            raise fail(f"log scale needs low > 0, got {p.low}", "low")
-        if p.log and p.step is not None:
-            raise fail("'step' and 'log: true' cannot be combined (Optuna)", "step")
-        if p.type == "int" and any(v is not None and float(v) != int(v) for v in (p.low, p.high, p.step)):
-            raise fail("int parameters need integer low/high/step", "low")
-    for other, value in (p.when or {}).items():
-        if other not in earlier:
-            raise fail(f"condition on {other!r}, which is not a parameter defined above; defined: "
-                       f"{', '.join(earlier) or '(none)'}", f"when.{other}")
-        allowed = value if isinstance(value, list) else [value]
-        ref = earlier[other]
-        if ref.type == "categorical" and any(v not in ref.choices for v in allowed):
-            raise fail(f"{value!r} is not among the choices of {other}: {list(ref.choices)}", f"when.{other}")
-
-
-def absolute_path(path: str) -> str:
-    """URIs stay; local paths become absolute against the working directory (trials change theirs)."""
-    if "://" in path:
-        return path
-    p = Path(os.path.expanduser(path))
-    return str(p if p.is_absolute() else (Path.cwd() / p).resolve())
-
-
-def parse_space(data: Any, src: Source, yaml_dir: Path | None = None) -> SearchSpace:
-    """Validate a loaded search-space mapping; relative base config paths are resolved against ``yaml_dir``."""
-    src = _NearestSource(src.file, src.lines)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{src.file}: expected a mapping with sections base, space, objectives, search, ...")
-    raw = dict(data)
-    params_raw = raw.pop("space", None) or {}
-    objectives_raw = raw.pop("objectives", None)
-    if "source" in raw:
-        raise ConfigError(f"{src.where('source')}: unknown key source")
-    cfg = build(SearchSpace, raw, src)
-    if not isinstance(params_raw, dict):
-        raise ConfigError(f"{src.where('space')}: space: expected a mapping of dotted config key -> parameter")
-    if not params_raw:
-        raise ConfigError(f"{src.where('space')}: space: no parameters to tune")
-    params: dict[str, Param] = {}
-    for name, spec in params_raw.items():
-        if not isinstance(spec, dict):
-            raise ConfigError(f"{src.where('space.' + str(name))}: space.{name}: expected a mapping with 'type'")
-        if "type" not in spec:
-            raise ConfigError(f"{src.where('space.' + str(name))}: space.{name}: missing 'type' "
-                              "(float, int or categorical)")
-        p = build(Param, spec, src, prefix=f"space.{name}.")
-        _check_param(str(name), p, src, params)
-        params[str(name)] = p
-    objectives = _parse_objectives(objectives_raw, src)
-    base = cfg.base
-    if isinstance(base.config, str):
-        path = Path(os.path.expanduser(base.config))
-        if not path.is_absolute():
-            path = (yaml_dir or Path.cwd()) / path
-        if not path.is_file():
-            raise ConfigError(f"{src.where('base.config')}: base.config: no such file {path}")
-        base = replace(base, config=str(path.resolve()))
-    elif base.config is not None and not isinstance(base.config, dict):
-        raise ConfigError(f"{src.where('base.config')}: base.config: expected a file path or a mapping")
-    elif base.config is None:
-        raise ConfigError(f"{src.where('base')}: base.config: missing (a training config path or mapping)")
-    for i, point in enumerate(cfg.search.points_to_evaluate):
-        unknown = [k for k in point if k not in params]
-        if unknown:
-            raise ConfigError(f"{src.where('search.points_to_evaluate')}: search.points_to_evaluate[{i}]: "
-                              f"unknown parameter {unknown[0]!r}; parameters: {', '.join(params)}")
-    pretrain = _parse_pretrain(cfg.pretrain, src, yaml_dir)
-    storage = replace(cfg.storage, path=absolute_path(cfg.storage.path))
-    if storage.optuna and "://" not in storage.optuna:
-        storage = replace(storage, optuna=absolute_path(storage.optuna))
-    export = replace(cfg.export, results=absolute_path(cfg.export.results))
-    if "://" in export.results:
-        raise ConfigError(f"{src.where('export.results')}: export.results: expected a local folder, got "
-                          f"{export.results!r}")
-    name = cfg.name or Path(src.file).stem
-    return replace(cfg, name=name, base=base, space=params, objectives=objectives, storage=storage, export=export,
-                   pretrain=pretrain,
-                   source=str(Path(src.file).resolve()) if os.path.exists(src.file) else src.file)
-
-
-def _parse_pretrain(p: PretrainCfg, src: Source, yaml_dir: Path | None) -> PretrainCfg:
-    """``pretrain.config`` must exist (resolved against the space YAML); ``init_from`` is the other way."""
-    if p.config and p.init_from:
-        raise ConfigError(f"{src.where('pretrain')}: pretrain: give either config (a run to train) or init_from "
-                          "(an existing run), not both")
-    if p.overrides and not p.config:
-        raise ConfigError(f"{src.where('pretrain.overrides')}: pretrain.overrides: apply to pretrain.config, "
-                          "which is not set")
-    if p.config:
-        path = Path(os.path.expanduser(p.config))
-        path = path if path.is_absolute() else (yaml_dir or Path.cwd()) / path
-        if not path.is_file():
-            raise ConfigError(f"{src.where('pretrain.config')}: pretrain.config: no such file {path}")
-        p = replace(p, config=str(path.resolve()))
-    if p.init_from and "://" not in p.init_from:
-        path = Path(os.path.expanduser(p.init_from))
-        p = replace(p, init_from=str(path if path.is_absolute() else ((yaml_dir or Path.cwd()) / path).resolve()))
-    return p
-
-
-def _parse_objectives(raw: Any, src: Source) -> tuple[Objective, ...]:
-    if raw is None:
-        raw = [{"metric": "lpips"}, {"metric": "psnr"}]
-    if not isinstance(raw, list) or not raw:
-        raise ConfigError(f"{src.where('objectives')}: objectives: expected a non-empty list of "
-                          "{metric, direction}")
-    out: list[Objective] = []
-    for i, item in enumerate(raw):
-        key = f"objectives[{i}]"
-        if isinstance(item, str):
-            item = {"metric": item}
-        o = build(Objective, item, src, prefix=key + ".")
-        try:
-            declared = metric_direction(o.metric)
-        except ImportError:
-            raise
-        except Exception as e:  # an unknown metric name: the registry's message lists the valid ones
-            raise ConfigError(f"{src.where(key)}: {key}.metric: {e}") from None
-        out.append(replace(o, direction=o.direction or declared))
-    names = [o.metric for o in out]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"{src.where('objectives')}: objectives: metric listed twice in {names}")
-    return tuple(out)
-
-
-def load_space(path: str | os.PathLike) -> SearchSpace:
-    """Read and validate a search-space YAML file."""
-    data, src = load_yaml(path)
-    return parse_space(data, src, Path(path).resolve().parent)
-
-
-def _condition_holds(p: Param, sampled: dict[str, Any]) -> bool:
-    for other, value in (p.when or {}).items():
-        allowed = value if isinstance(value, list) else [value]
-        if other not in sampled or sampled[other] not in allowed:
-            return False
-    return True
-
-
-def suggest(trial: Any, space: SearchSpace) -> dict[str, Any]:
-    """Sample every active parameter of ``space`` from an Optuna trial; returns dotted key -> value."""
-    sampled: dict[str, Any] = {}
-    for name, p in space.space.items():
-        if not _condition_holds(p, sampled):
-            continue
-        if p.type == "categorical":
-            sampled[name] = trial.suggest_categorical(name, list(p.choices))
-        elif p.type == "int":
-            sampled[name] = trial.suggest_int(name, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
-        else:
-            sampled[name] = trial.suggest_float(name, p.low, p.high, step=p.step, log=p.log)
-    return sampled
-
-
-def to_overrides(space: SearchSpace, sampled: dict[str, Any]) -> dict[str, Any]:
-    """Config overrides for sampled values: each parameter's own key plus its ``also`` keys."""
-    out: dict[str, Any] = {}
-    for name, value in sampled.items():
-        out[name] = value
-        p = space.space.get(name)
-        for key in p.also if p else ():
-            out[key] = value
-    return out
-
-
-def define_space(trial: Any, space: SearchSpace) -> None:
-    """Define-by-run body for ``OptunaSearch``: the sampled values are captured from the ``suggest_*`` calls."""
-    suggest(trial, space)
-
-
-def define_by_run(space: SearchSpace):
-    """A one-argument define-by-run function for ``OptunaSearch(space=...)``; picklable (a partial)."""
-    import functools
-
-    return functools.partial(define_space, space=space)

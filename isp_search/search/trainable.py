@@ -16,9 +16,16 @@ import math
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs
+
 from ray import tune
 
-from isp_search.search.space import LATENCY_METRIC, SearchSpace, to_overrides
+from isp_search.export.bench import bench_tflite
+from isp_search.export.pipeline import export_model
+from isp_search.search.sampling import to_overrides
+from isp_search.search.space import LATENCY_METRIC, SearchSpace
+from isp_search.train.config import TrainConfig, apply_overrides
+from isp_search.train.loop import train
 
 STATE_FILE = "search_state.json"  # best-so-far tracker, stored inside each reported checkpoint
 
@@ -73,8 +80,6 @@ def trial_run_dir(exp_uri: str, trial_id: str, local_trial_dir: str) -> tuple[Pa
 
 def upload_run(run_dir: Path, uri: str) -> None:
     """Copy the run folder's new or changed files (not ``checkpoints/``: Ray stores those) to ``uri``."""
-    import pyarrow.fs
-
     fs, base = pyarrow.fs.FileSystem.from_uri(uri)
     for f in run_dir.rglob("*"):
         rel = f.relative_to(run_dir)
@@ -92,11 +97,9 @@ def folder_bytes(folder: str | Path) -> int:
     return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
 
 
-def run_trial(config: dict[str, Any], *, space: SearchSpace, base_cfg: Any, score_mode: str,
+def run_trial(config: dict[str, Any], *, space: SearchSpace, base_cfg: TrainConfig, score_mode: str,
               exp_uri: str = "") -> None:
     """The Ray Tune function trainable: apply the sampled values to ``base_cfg`` and train, reporting as it goes."""
-    from isp_search.train import apply_overrides, train
-
     cfg = apply_overrides(base_cfg, to_overrides(space, dict(config)))
     ctx = tune.get_context()
     if exp_uri:
@@ -113,7 +116,7 @@ def run_trial(config: dict[str, Any], *, space: SearchSpace, base_cfg: Any, scor
             upload_run(run_dir, upload)
         print(f"trial {ctx.get_trial_id()} step {step}: reported checkpoint {folder_bytes(checkpoint_dir) / 1e6:.1f} MB "
               f"({', '.join(sorted(p.name for p in Path(checkpoint_dir).iterdir()))})", flush=True)
-        tune.report(_with_required({**values, "step": step}, space),
+        tune.report(with_required({**values, "step": step}, objective_names(space)),
                     checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
 
     checkpoint = tune.get_checkpoint()
@@ -126,13 +129,18 @@ def run_trial(config: dict[str, Any], *, space: SearchSpace, base_cfg: Any, scor
     if upload:
         upload_run(run_dir, upload)
         final["run_uri"] = upload
-    tune.report(_with_required(final, space))
+    tune.report(with_required(final, objective_names(space)))
 
 
-def _with_required(result: dict[str, Any], space: SearchSpace) -> dict[str, Any]:
+def objective_names(space: SearchSpace) -> list[str]:
+    """The metrics every result must name: the searcher's objectives and the scheduler's scalar."""
+    return [*space.metric_names, space.scheduler.metric]
+
+
+def with_required(result: dict[str, Any], names: list[str]) -> dict[str, Any]:
     """Ray checks that every result names the searcher's and scheduler's metrics: absent ones become NaN
     (latency before the closing report, everything of a diverged trial). NaN never reaches Optuna as a value."""
-    for m in (*space.metric_names, space.scheduler.metric):
+    for m in names:
         result.setdefault(m, math.nan)
     return result
 
@@ -164,10 +172,9 @@ def final_report(summary: dict[str, Any], tracker: BestSoFar, space: SearchSpace
 
 
 def trial_latency(run_dir: Path, space: SearchSpace) -> float:
-    """Median LiteRT latency (ms) of the trial's model at the export size, for a latency objective."""
-    from isp_search.export import bench_tflite, export_model
-
-    result = export_model(run_dir, run_dir / "latency_export", formats=["tflite"], size=tuple(space.export.bench_size))
+    """Median LiteRT latency (ms) of the trial's model at the deployed size, for a latency objective."""
+    result = export_model(run_dir, run_dir / "latency_export", formats=["tflite"],
+                          size=tuple(space.export.deploy_size))
     if "tflite" not in result.paths:
         return float("nan")
     return float(bench_tflite(result.paths["tflite"], threads=space.export.threads, runs=space.export.runs)["median_ms"])

@@ -1,4 +1,4 @@
-"""The training method (SPEC §4–6): losses, discriminators, Dynamic Loss Adaptation and ``train()``.
+"""The training method (docs/method.md §4–6): losses, discriminators, Dynamic Loss Adaptation and ``train()``.
 
 Public API: :func:`train`, :func:`load_train_config`, :func:`apply_overrides`, :func:`train_config_from_dict`,
 :class:`TrainConfig`. Names are imported lazily so reading a config does not import the networks.

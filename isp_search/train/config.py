@@ -16,7 +16,8 @@ from typing import Any, Literal, Mapping
 from isp_search.configio import ConfigError, Source, build, load_yaml, parse_override, set_dotted, to_dict
 
 MODES = ("pretrain", "paired_noadv", "paired", "unpaired")
-# The paper's loss sets (SPEC §4): the terms a mode switches on by default.
+GAN_MODES = ("paired", "unpaired")  # stages that need model.init_from (or model.allow_scratch)
+# The paper's loss sets (docs/method.md §4.8): the terms a mode switches on by default.
 MODE_TERMS: dict[str, tuple[str, ...]] = {
     "pretrain": ("content", "mse", "tv"),
     "paired_noadv": ("content", "lpips", "dists", "tv", "color"),
@@ -92,7 +93,8 @@ class LossesCfg:
     adv_relu1: float | None = field(default=None, metadata=NONNEG)
     adv_relu4: float | None = field(default=None, metadata=NONNEG)
     r_gamma: float = field(default=1000.0, metadata=NONNEG)
-    """R1/R2 = (gamma/2)·E||grad D||²; 1000 reproduces [ref]'s effective weight 500 (gamma 10 with a hidden x100)."""
+    """R1/R2 = (gamma/2)·E||grad D||²; 1000 reproduces the authors' effective weight 500 (gamma 10 with a hidden
+    x100; docs/method.md §4.7)."""
     dla: bool = True  # Dynamic Loss Adaptation; False: plain sum of m_i·L_i
     dla_eps: float = field(default=1e-8, metadata=POS)
     content_space: Literal["rgb", "lab_l"] | None = None
@@ -108,8 +110,9 @@ class FeaturesCfg:
     vit_img_size: int = field(default=224, metadata={"check": lambda v: v > 0 and v % 16 == 0,
                                                      "valid": "a positive multiple of 16"})
     input: Literal["reference", "normalized"] = "reference"
-    """reference: [ref]'s inputs (grayscale [0, 1] into AlexNet, blurred [0, 1] RGB into the ViT), on which its
-    gamma and learning rates were tuned; normalized: each network's own input normalisation."""
+    """reference: the authors' inputs (grayscale [0, 1] into AlexNet, blurred [0, 1] RGB into the ViT), on which
+    their gamma and learning rates were tuned (docs/method.md §4.7); normalized: each network's own input
+    normalisation."""
     cache_real: bool = False
     """Compute each training image's real-branch features (VGG/ViT/AlexNet on the real images) once and keep them
     memory-mapped on local disk (``$ISP_SEARCH_REAL_CACHE``); needs fixed real images: no data.augment, no

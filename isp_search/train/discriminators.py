@@ -1,7 +1,8 @@
 """Discriminators (a registry), each built in full from its input feature shape before any optimiser exists.
 
-[ref] created the texture CNN's first FC lazily after its optimiser, so that layer was never trained; here every
-layer is sized from the feature shape (which follows from the patch size) at construction.
+The authors' code created the texture CNN's first FC lazily after its optimiser, so that layer was never trained
+(docs/method.md §14); here every layer is sized from the feature shape (which follows from the patch size) at
+construction.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Dynamic Loss Adaptation (SPEC §5) with one backward per frozen branch.
+"""Dynamic Loss Adaptation (docs/method.md §5) with one backward per frozen branch.
 
 For every generator term Lᵢ: wᵢ = mᵢ / (‖∇θ Lᵢ‖₂ + eps), the global L2 norm over all generator parameters,
 detached and recomputed every step; the generator gradient is Σ wᵢ ∇θ Lᵢ, so each term reaches the generator with

@@ -1,13 +1,15 @@
-"""The frozen feature networks of the losses and discriminators (SPEC §4). All are eval-mode, no trainable params.
+"""The frozen feature networks of the losses and discriminators (docs/method.md §4). All are eval-mode, no
+trainable params.
 
 Weights come from :mod:`isp_search.weights` (local files, or explicitly random with ``backbone_weights: random``).
 Each module maps images in [0, 1] (B, 3, H, W) to features; input handling is part of the module.
 
 ``features.input`` (:data:`FEATURE_INPUTS`) picks what the discriminators' networks see. ``reference`` (default):
-as [ref] fed them, the grayscale [0, 1] image straight into the AlexNet trunk and the blurred [0, 1] RGB straight
-into the ViT (plain bilinear resize to its size); [ref]'s gamma = 1000 and learning rates were tuned on these
-feature scales. ``normalized``: each network's own input normalisation (LPIPS's scaling layer; the ViT's mean/std
-with an antialiased resize). The content VGG always takes torchvision's ImageNet normalisation (SPEC §4).
+as the authors' code fed them, the grayscale [0, 1] image straight into the AlexNet trunk and the blurred [0, 1]
+RGB straight into the ViT (plain bilinear resize to its size); the authors' gamma (our 1000) and learning rates
+were tuned on these feature scales. ``normalized``: each network's own input normalisation (LPIPS's scaling layer;
+the ViT's mean/std with an antialiased resize). The content VGG always takes torchvision's ImageNet normalisation
+(docs/method.md §4.1, §4.7, §14).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ LPIPS_SCALE = (0.458, 0.448, 0.450)
 
 
 def freeze(module: nn.Module) -> nn.Module:
-    """Eval mode and ``requires_grad=False`` on every parameter (SPEC: [ref] left the ViT trainable; we do not)."""
+    """Eval mode and ``requires_grad=False`` on every parameter (the authors' code left the ViT trainable; we do
+    not: docs/method.md §14)."""
     module.eval()
     for p in module.parameters():
         p.requires_grad_(False)
@@ -79,7 +82,8 @@ class LPIPSAlexTrunk(_Frozen):
     """The AlexNet trunk of LPIPS (pyiqa's slices) on grayscale: returns ``relu1`` (64 ch) and ``relu4`` (256 ch).
 
     AlexNet ``features[0:2]`` (relu1) -> ``[2:10]`` (relu4). ``inputs="reference"``: the [0, 1] grayscale goes in
-    as it is ([ref]); ``"normalized"``: LPIPS's input scaling first, x -> 2x - 1 -> (x - shift) / scale.
+    as it is (as the authors' code does, docs/method.md §4.7); ``"normalized"``: LPIPS's input scaling first,
+    x -> 2x - 1 -> (x - shift) / scale.
     """
 
     def __init__(self, mode: WeightsMode, inputs: str = "reference") -> None:

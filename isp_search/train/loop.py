@@ -22,15 +22,15 @@ from torch.utils.data import DataLoader
 
 from isp_search.configio import to_dict
 from isp_search.train import state as st
-from isp_search.train.config import TrainConfig
+from isp_search.train.config import GAN_MODES, TrainConfig
 from isp_search.train.evaluate import evaluate, save_sample_grid
 from isp_search.train.losses import LOSSES
+from isp_search.data.datasets import make_datasets
 from isp_search.train.step import FrozenNets, build_discriminators, discriminator_step, generator_step
 
 Report = Callable[[int, dict[str, Any], str], None]
 # The batch keys a training step reads: only these travel to the device (raw, paired_target, index stay behind).
 STEP_KEYS = frozenset({"input", "reference", "target"})
-GAN_MODES = ("paired", "unpaired")  # stages that need model.init_from (or model.allow_scratch)
 
 
 def pick_device(name: str) -> torch.device:
@@ -41,31 +41,6 @@ def pick_device(name: str) -> torch.device:
 
         raise UserError("train.device: cuda asked for, but no CUDA device is available; use auto or cpu")
     return torch.device(name)
-
-
-def make_datasets(cfg: TrainConfig) -> dict[str, Any]:
-    """Train (mode's pairing, augmentation), val and test (paired, central crops) datasets."""
-    from isp_search.data.dataset import RawRGBDataset
-    from isp_search.data.demosaic import ReferenceLook
-
-    d = cfg.data
-    if d.synthetic:
-        from isp_search.data.synth import ensure_synthetic
-
-        ensure_synthetic(d.root, d.format)
-    common = dict(root=d.root, format=d.format, arch=cfg.model.arch, preset=cfg.model.preset,
-                  demosaicer=d.demosaicer, look=ReferenceLook(), splits=d.splits, carve_seed=0, n_val=d.n_val,
-                  n_test=d.n_test, patch_size=d.patch_size, packed=d.packed, progress=cfg.train.progress,
-                  reference_workers=d.cache_workers or len(os.sched_getaffinity(0)))
-    out = {"train": RawRGBDataset(split="train", pairing=cfg.pairing, augment=d.augment, seed=cfg.train.seed,
-                                  **common)}
-    for split in ("val", "test"):
-        try:
-            out[split] = RawRGBDataset(split=split, pairing="paired", **common)
-        except Exception as e:  # a set without this split: evaluate what exists
-            if "no RAW files" not in str(e) and "split" not in str(e):
-                raise
-    return out
 
 
 def train(cfg: TrainConfig, run_dir: str | Path, report: Report | None = None,

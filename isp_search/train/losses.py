@@ -1,4 +1,5 @@
-"""Loss functions (SPEC §4, paper §3.1–3.6) as pure functions, and the ``LOSSES`` registry of generator terms.
+"""Loss functions (docs/method.md §4, paper §3.1–3.6) as pure functions, and the ``LOSSES`` registry of
+generator terms.
 
 A generator term names the frozen-network *branch* it reads (``None`` for pixel losses). Terms that share a branch
 share one forward of that network per step (see :mod:`isp_search.train.step`), and DLA backpropagates each branch

@@ -1,0 +1,104 @@
+"""Where one study lives, and its small records.
+
+Layout of one experiment (``<storage>/<name>/``): Ray's experiment state and trial folders (each with its
+checkpoints, ``result.json`` and TensorBoard events), ``optuna.journal`` (the Optuna study; open it with
+``optuna-dashboard``), ``isp_search.json`` (study name and storage, read back by ``--resume``) and one JSON record
+per finished stage (``prepare.json``, ``pretrain.json``). Paths may be local, NFS or object-store URIs: every
+read and write goes through ``pyarrow.fs``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs
+
+from isp_search.errors import UserError
+from isp_search.search.space import SearchSpace
+
+META_FILE = "isp_search.json"
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """Where one study lives."""
+
+    name: str
+    storage: str  # storage root (local path or URI)
+    study_name: str
+    optuna_storage: str  # journal file path or RDB URL
+
+    @property
+    def uri(self) -> str:
+        return f"{self.storage.rstrip('/')}/{self.name}"
+
+
+def filesystem(uri: str) -> tuple[pyarrow.fs.FileSystem, str]:
+    """The file system and path of a local path or URI."""
+    return pyarrow.fs.FileSystem.from_uri(uri)
+
+
+def read_json(uri: str) -> dict | None:
+    """A JSON record, or None when it is not there (yet)."""
+    fs, path = filesystem(uri)
+    try:
+        with fs.open_input_stream(path) as f:
+            return json.loads(f.read().decode())
+    except (FileNotFoundError, OSError):
+        return None
+
+
+def write_json(uri: str, doc: dict[str, Any]) -> None:
+    fs, path = filesystem(uri)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(json.dumps(doc, indent=1).encode())
+
+
+def write_meta(exp: Experiment, space: SearchSpace) -> None:
+    """``isp_search.json``: what ``--resume`` reads back to find the Optuna study."""
+    write_json(f"{exp.uri}/{META_FILE}", {
+        "name": exp.name, "study_name": exp.study_name, "optuna_storage": exp.optuna_storage,
+        "space": space.source, "objectives": [[o.metric, o.direction] for o in space.objectives],
+        "created": time.strftime("%Y-%m-%d %H:%M:%S")})
+
+
+def read_meta(uri: str) -> dict:
+    meta = read_json(f"{uri}/{META_FILE}")
+    if meta is None:
+        raise UserError(f"{uri}: not an isp-search experiment (no {META_FILE}); check --name and --storage")
+    return meta
+
+
+def new_experiment(space: SearchSpace, name: str | None) -> Experiment:
+    """A fresh experiment name (given or ``<space>-<time>``) and a unique study name."""
+    name = name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    study = f"{name}-{uuid.uuid4().hex[:8]}"
+    uri = f"{space.storage.path.rstrip('/')}/{name}"
+    if space.storage.optuna:
+        optuna_storage = space.storage.optuna
+    elif "://" in space.storage.path:  # object stores cannot hold a journal file: keep it on the driver
+        optuna_storage = str(Path.home() / ".cache" / "isp-search" / "optuna" / f"{name}.journal")
+    else:
+        optuna_storage = str(Path(uri) / "optuna.journal")
+    return Experiment(name, space.storage.path, study, optuna_storage)
+
+
+def find_experiment(space: SearchSpace, name: str | None) -> Experiment:
+    """The experiment to resume: ``name``, or the newest ``<space>-*`` under the storage root."""
+    root = space.storage.path
+    if name is None:
+        if "://" in root:
+            raise UserError("--resume with an object-store storage needs --name")
+        found = sorted((p for p in Path(root).glob(f"{space.name}-*") if (p / META_FILE).is_file()),
+                       key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise UserError(f"--resume: no experiment of {space.name!r} under {root}; start one without --resume")
+        name = found[-1].name
+    meta = read_meta(f"{root.rstrip('/')}/{name}")
+    return Experiment(name, root, meta["study_name"], meta["optuna_storage"])

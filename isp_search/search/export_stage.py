@@ -1,0 +1,138 @@
+"""The export stage: the Pareto-optimal trials exported, gated, timed and added to the leaderboard.
+
+Up to ``export.top_k`` trials spread along the front (:mod:`isp_search.search.pareto`) are exported at
+``export.deploy_size`` (with a gate-only export at ``export.gate_size``) through
+:func:`isp_search.export.publish.publish` on the targets of ``export.latency_targets`` (cpu always; adb[:SERIAL] /
+qai-hub:DEVICE time the fp16 file on a phone), which appends one row each with the search and trial ids; a refused
+model gets none. With a latency target the exported trials are then ranked on LPIPS x PSNR x latency: a trial
+dominated once latency counts says so.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+# torch's flop counter (MACs in the leaderboard row) imports triton, which segfaults when TensorFlow/LiteRT is
+# already loaded in the process; importing it first avoids that.
+import torch.utils.flop_counter  # noqa: F401
+
+from isp_search.export import leaderboard as LB
+from isp_search.export.publish import publish
+from isp_search.export.report import DEFAULT_OBJECTIVES, write_report
+from isp_search.export.settings import Provenance
+from isp_search.errors import UserError
+from isp_search.search.context import StudyContext
+from isp_search.search.optuna_storage import load_study
+from isp_search.search.pareto import ParetoEntry, PostSummary, close_orphans, pareto_trials, spread
+from isp_search.search.plots import save_plots
+from isp_search.search.reconcile import RAY_TRIAL_ATTR
+from isp_search.search.space import SearchSpace, metric_direction
+
+log = logging.getLogger(__name__)
+
+
+def _model_file(folder: Path) -> Path | None:
+    for name in ("last.pt", "best.pt"):
+        if (folder / name).is_file():
+            return folder / name
+    found = sorted(folder.rglob("*.pt"))
+    return found[0] if found else None
+
+
+def publish_trial(entry: ParetoEntry, result: Any, ctx: StudyContext) -> None:
+    """Export, gate and benchmark one Pareto trial from its best Ray checkpoint; append its leaderboard row
+    (once: a trial already on the leaderboard, e.g. exported before a ``--resume``, is not added again)."""
+    space, exp = ctx.space, ctx.exp
+    model_id = f"{exp.name}/{entry.trial_id}"  # the row's key
+    board = Path(space.export.results) / "leaderboard.parquet"
+    if board.exists() and model_id in LB.read(board).column("model_id").to_pylist():
+        entry.model_id, entry.note = model_id, "already on the leaderboard (not added again)"
+        return
+    ckpt = result.get_best_checkpoint(space.scheduler.metric, ctx.score_mode) if result else None
+    if ckpt is None:
+        entry.note = "no checkpoint"
+        return
+    final = result.metrics or {}
+    test = {k.split("/", 1)[1]: v for k, v in final.items() if k.startswith("test/")}
+    metrics = test or {**{m: final.get(m) for m in ("psnr", "ssim", "lpips")}, "split": "val"}
+    base = str(space.base.config) if not isinstance(space.base.config, dict) else "inline"
+    provenance = Provenance(kind="search", model_id=model_id, search_id=exp.name, trial_id=entry.trial_id,
+                            mode=ctx.cfg.mode, run_dir=str(result.path), config={**entry.params, "base": base})
+    with ckpt.as_directory() as folder:
+        model = _model_file(Path(folder))
+        if model is None:
+            entry.note = f"no .pt file in {ckpt.path}"
+            return
+        res = publish(model, Path(space.export.results) / exp.name / "exports" / f"trial_{entry.trial_id}",
+                      space.export.settings, provenance, data=ctx.data, metrics=metrics, leaderboard_path=board)
+    entry.model_id = res.model_id
+    entry.exported = res.row is not None
+    if res.row is None:
+        entry.note = f"export refused: {res.export.reason}"
+        return
+    entry.latency_ms = res.row.get("latency_ms")
+    entry.latency_target = res.row.get("latency_target")
+    target = space.export.latency_targets.get(entry.latency_target or "cpu")
+    if target is not None and entry.latency_ms is not None:
+        entry.note = f"{'meets' if entry.latency_ms <= target else 'misses'} the {target:g} ms target"
+
+
+def rank_with_latency(entries: list[ParetoEntry], space: SearchSpace) -> None:
+    """Among the exported trials, flag those dominated once their measured latency joins LPIPS and PSNR."""
+    done = [e for e in entries if e.exported and e.latency_ms is not None]
+    objectives = {o.metric: o.direction or "min" for o in space.objectives}
+    objectives["latency_ms"] = "min"
+    rows = [{**e.values, "latency_ms": e.latency_ms} for e in done]
+    for e, on in zip(done, LB.pareto_front(rows, objectives)):
+        if not on:
+            e.note = (e.note + "; " if e.note else "") + "dominated on " + " x ".join(objectives)
+
+
+def write_html(space: SearchSpace) -> tuple[Path, Path]:
+    """The leaderboard's HTML report next to its Parquet file."""
+    path = Path(space.export.results) / "leaderboard.parquet"
+    rows = LB.read(path).to_pylist()
+
+    def direction(col: str) -> str:
+        try:
+            return metric_direction(col)
+        except UserError:  # latency and size columns are not metrics
+            return "min"
+
+    front = LB.pareto_front(rows, {k: direction(k) for k in DEFAULT_OBJECTIVES})
+    return path, write_report(rows, front, path.with_suffix(".html"))
+
+
+def export_stage(ctx: StudyContext, results: Any) -> PostSummary:
+    """Everything after ``Tuner.fit()``; ``results`` is its ResultGrid (None: study only, nothing exported)."""
+    space = ctx.space
+    study = load_study(ctx.exp.study_name, ctx.exp.optuna_storage)
+    by_id = {}
+    for r in results or []:
+        tid = (r.metrics or {}).get("trial_id") or Path(r.path).name.removeprefix("trial_")
+        by_id[tid] = r
+    closed = close_orphans(study, set(by_id))
+    if closed:
+        log.warning("marked %d orphaned Optuna trial(s) FAIL", closed)
+    summary = PostSummary(study, plots=save_plots(study, space, Path(space.export.results) / ctx.exp.name / "plots"))
+    front = pareto_trials(study, space)
+    chosen = set(spread(len(front), space.export.top_k))
+    for rank, t in enumerate(front):
+        entry = ParetoEntry(t.number, str(t.user_attrs.get(RAY_TRIAL_ATTR, "")),
+                            dict(zip(space.metric_names, t.values)), dict(t.params))
+        if rank not in chosen:
+            entry.note = f"not exported (top_k={space.export.top_k} spread along the front)"
+        elif results is not None:
+            try:
+                publish_trial(entry, by_id.get(entry.trial_id), ctx)
+            except Exception as e:  # one model failing to export must not lose the others' rows
+                log.exception("export of trial %s failed", entry.trial_id)
+                entry.note = f"export failed: {type(e).__name__}: {e}"
+        summary.pareto.append(entry)
+    if space.export.latency_targets:
+        rank_with_latency(summary.pareto, space)
+    if results is not None:
+        summary.leaderboard, summary.report = write_html(space)
+    return summary
