@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from isp_search.data.augment import DIHEDRAL, augment_sample, cfa_after
-from isp_search.data.dataset import RawRGBDataset
+from datasets import dataset
 from isp_search.data.dead_leaves import dead_leaves, leaf_radii
 from isp_search.data.formats import FORMATS
 from isp_search.data.io import write_raw, write_rgb
@@ -82,12 +82,12 @@ def test_folder_format_unpaired_train_paired_val(tmp_path):
         _write_pair(tmp_path / f"val/raw/{i}.png", tmp_path / f"val/rgb/{i}.png", i)
     train = FORMATS.get("folder").list_split(tmp_path, "train")
     assert len(train.samples) == 4 and len(train.rgb_pool) == 7 and not train.paired
-    ds = RawRGBDataset(tmp_path, "folder", "train", "efficient_isp", pairing="disjoint", with_reference=False)
+    ds = dataset(tmp_path, "folder", "train", "efficient_isp", pairing="disjoint", with_reference=False)
     item = ds[0]
     assert "paired_target" not in item and item["target"].shape == (3, 16, 16)  # photos cropped to RAW size
     with pytest.raises(UserError, match="paired"):
-        RawRGBDataset(tmp_path, "folder", "train", "efficient_isp", pairing="paired", with_reference=False)
-    val = RawRGBDataset(tmp_path, "folder", "val", "rmfa_tiny", with_reference=False)
+        dataset(tmp_path, "folder", "train", "efficient_isp", pairing="paired", with_reference=False)
+    val = dataset(tmp_path, "folder", "val", "rmfa_tiny", with_reference=False)
     assert val[1]["input"].shape == (3, 16, 16) and torch.equal(val[1]["target"], val[1]["paired_target"])
 
 
@@ -113,7 +113,7 @@ def test_carving_is_seeded_recorded_and_honours_exclude(tmp_path):
     assert carve_splits(root, "zrr", seed=2, n_val=5, exclude=[3, 17]).parts["val"] != a.parts["val"]
     with pytest.raises(UserError, match="split record"):
         carve_splits(root, "zrr", seed=2, n_val=5, exclude=exclude, record=record)
-    ds = RawRGBDataset(root, "zrr", "val", "efficient_isp", splits=record, with_reference=False)
+    ds = dataset(root, "zrr", "val", "efficient_isp", splits=record, with_reference=False)
     assert [s.id for s in ds.listing.samples] == list(a.parts["val"].ids)
 
 
@@ -136,10 +136,10 @@ def test_pairing_modes():
 def test_dataset_items_and_epoch_redraw(tmp_path):
     root = make_layout(tmp_path / "d", "mai2022", {"train": 12, "val": 2, "test": 2})
     kw = dict(cache_dir=tmp_path / "cache", demosaicer="bilinear")
-    ds = RawRGBDataset(root, "mai2022", "train", "efficient_isp", pairing="shuffled", **kw)
+    ds = dataset(root, "mai2022", "train", "efficient_isp", pairing="shuffled", **kw)
     item = ds[0]
     assert set(item) == {"input", "raw", "reference", "target", "index", "target_index"}  # unpaired: no own RGB
-    with_own = RawRGBDataset(root, "mai2022", "train", "efficient_isp", pairing="shuffled", paired_target=True, **kw)
+    with_own = dataset(root, "mai2022", "train", "efficient_isp", pairing="shuffled", paired_target=True, **kw)
     assert set(with_own[0]) == set(item) | {"paired_target"}
     assert item["input"].shape == (4, 8, 8) and item["raw"].shape == (1, 16, 16)
     assert all(item[k].dtype == torch.float32 for k in ("input", "raw", "reference", "target"))
@@ -150,9 +150,9 @@ def test_dataset_items_and_epoch_redraw(tmp_path):
     e1 = means()
     ds.set_epoch(0)
     assert means() == e0 and e1 != e0
-    paired = RawRGBDataset(root, "mai2022", "train", "efficient_isp", **kw)
+    paired = dataset(root, "mai2022", "train", "efficient_isp", **kw)
     assert torch.equal(paired[3]["target"], paired[3]["paired_target"])
-    aug = RawRGBDataset(root, "mai2022", "train", "efficient_isp", augment=True, patch_size=8, **kw)
+    aug = dataset(root, "mai2022", "train", "efficient_isp", augment=True, patch_size=8, **kw)
     it = aug[2]
     assert it["raw"].shape == (1, 8, 8) and it["reference"].shape == (3, 8, 8) and it["target"].shape == (3, 8, 8)
     batch = next(iter(torch.utils.data.DataLoader(aug, batch_size=4)))

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import isp_search.data.dataset as dataset_mod
-from isp_search.data.dataset import RawRGBDataset
+from datasets import dataset
 from isp_search.data.io import write_raw, write_rgb
 from isp_search.data.packed import PREFIX
 
@@ -62,10 +62,10 @@ def test_packed_items_equal_decoded_files(tmp_path, fmt, kw):
     root = _mai(tmp_path / "d") if fmt == "mai2022" else _folder(tmp_path / "d")
     common = dict(cache_dir=tmp_path / "cache", demosaicer="bilinear", cache_images=False, n_val=2, n_test=2,
                   seed=3, **kw)
-    files = RawRGBDataset(root, fmt, "train", "efficient_isp", packed=False, **common)
+    files = dataset(root, fmt, "train", "efficient_isp", packed=False, **common)
     assert files.packed is None and not list((tmp_path / "cache").glob(f"{PREFIX}*"))  # false: no pack built
-    assert RawRGBDataset(root, fmt, "train", "efficient_isp", **common).packed is None  # auto: none there yet
-    packed = RawRGBDataset(root, fmt, "train", "efficient_isp", packed=True, **common)
+    assert dataset(root, fmt, "train", "efficient_isp", **common).packed is None  # auto: none there yet
+    packed = dataset(root, fmt, "train", "efficient_isp", packed=True, **common)
     assert packed.packed is not None and packed.packed.nbytes > 0
     for epoch in (0, 1):
         files.set_epoch(epoch)
@@ -75,7 +75,7 @@ def test_packed_items_equal_decoded_files(tmp_path, fmt, kw):
     # A copy of the data set elsewhere opens the same pack (content key) and reads the same items.
     copy = tmp_path / "copy"
     shutil.copytree(root, copy)
-    again = RawRGBDataset(copy, fmt, "train", "efficient_isp", **common)
+    again = dataset(copy, fmt, "train", "efficient_isp", **common)
     assert again.packed is not None and again.packed.folder == packed.packed.folder
     packed.set_epoch(0)
     _same(again[1], packed[1])
@@ -97,7 +97,7 @@ def test_unpaired_item_decodes_only_its_target(tmp_path, monkeypatch):
     kw = dict(cache_dir=tmp_path / "cache", demosaicer="bilinear", cache_images=False, packed=False)
 
     def decodes(**more) -> list[int]:
-        ds = RawRGBDataset(root, "mai2022", "train", "efficient_isp", **kw, **more)
+        ds = dataset(root, "mai2022", "train", "efficient_isp", **kw, **more)
         out = []
         for k in range(len(ds)):
             calls.clear()
@@ -105,7 +105,7 @@ def test_unpaired_item_decodes_only_its_target(tmp_path, monkeypatch):
             out.append(len(calls))
         return out
 
-    shuffled = RawRGBDataset(root, "mai2022", "train", "efficient_isp", pairing="shuffled", **kw)
+    shuffled = dataset(root, "mai2022", "train", "efficient_isp", pairing="shuffled", **kw)
     calls.clear()
     item = shuffled[2]
     assert "paired_target" not in item and len(calls) == 1  # the drawn target only
