@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # No wheel cache: what pip fetches from PyPI would otherwise sit twice on disk (venv + ~/.cache/pip).
 export PIP_NO_CACHE_DIR := 1
 
-.PHONY: demo test install synth-isp clean-venv
+.PHONY: demo test test-fast install synth-isp clean-venv
 
 $(STAMP): requirements/base.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -14,7 +14,7 @@ $(STAMP): requirements/base.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements/base.txt
-	# onnx2tf 1.x on Python 3.11: its declared deps conflict with tensorflow 2.21, so no deps (SPEC section 8)
+	# onnx2tf 1.x on Python 3.11: its declared deps conflict with tensorflow 2.21, so no deps (docs/method.md §8)
 	$(BIN)/pip install --quiet --no-deps onnx2tf==1.29.24
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
@@ -33,6 +33,11 @@ synth-isp: $(STAMP)
 test: $(STAMP)
 	bash scripts/system-deps.sh
 	$(BIN)/python -m pytest -q
+
+# The fast tier while editing (under 3 min on 2 CPU cores): every test but those marked slow, i.e. over ~20 s, a real
+# Ray cluster or a full export. `make test` (what CI runs) stays the whole suite.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 clean-venv:
 	rm -rf $(VENV)

@@ -16,7 +16,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
+from pyiqa.archs import dists_arch, lpips_arch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from isp_search import ssim as tf_ssim
 from isp_search.errors import UserError
@@ -109,7 +111,6 @@ def _frozen(net: nn.Module) -> nn.Module:
 def build_lpips(mode: WeightsMode, semantic: bool = False) -> nn.Module:
     """pyiqa LPIPS AlexNet v0.1 (pyiqa's ``lpips+`` with ``semantic=True``), frozen; call ``net(pred, target,
     normalize=True)`` with images in [0, 1]."""
-    from pyiqa.archs import lpips_arch
 
     check_mode(mode)
     # Random heads (and trunk) from a fixed seed per network: the same random LPIPS in every process and trial.
@@ -131,7 +132,6 @@ def build_lpips(mode: WeightsMode, semantic: bool = False) -> nn.Module:
 
 def build_dists(mode: WeightsMode) -> nn.Module:
     """pyiqa DISTS (VGG-16 trunk, alpha/beta), frozen; call ``net(pred, target)`` with images in [0, 1]."""
-    from pyiqa.archs import dists_arch
 
     check_mode(mode)
     with _torchvision_without_download(dists_arch, mode), seeded_init("dists"):  # random alpha/beta: fixed seed
@@ -240,7 +240,6 @@ def evaluate_model(model: nn.Module, spec, data, weights_mode: WeightsMode = "pr
     iterable of such batches (a DataLoader). ``spec`` (a BackboneSpec or None) checks the input channels.
     ``device`` defaults to the model's. The model's train/eval mode is restored afterwards.
     """
-    from torch.utils.data import DataLoader, Dataset
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
     ev = evaluator or Evaluator(names, weights_mode, device)

@@ -7,6 +7,8 @@ import sys
 import time
 from typing import Any, Self, TextIO
 
+from tqdm import tqdm
+
 
 class Progress:
     """``update(n)``, ``set_postfix(**values)``, ``close()`` (the part of tqdm's interface the code uses)."""
@@ -22,7 +24,6 @@ class Progress:
         self.bar = None
         self.closed = False
         if enabled and _isatty(self.stream):
-            from tqdm import tqdm
 
             self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True, file=self.stream)
 

@@ -23,6 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import timm
+import torch
+import torchvision
+from huggingface_hub import hf_hub_download
+from safetensors.torch import load_file
+from torch import nn
+from torch.hub import download_url_to_file
+
 from isp_search.errors import UserError
 from isp_search.hashing import file_sha256
 from isp_search.registry import Registry
@@ -178,7 +186,6 @@ def status(verify: bool = False) -> list[dict]:
 def fetch(dest: str | os.PathLike | None = None, files: Iterable[WeightFile] | None = None) -> list[str]:
     """Download every missing file into ``dest`` (default: ``$ISP_SEARCH_WEIGHTS``, else torch's checkpoint
     folder); needs internet. Files shipped in wheels are skipped. Returns the names fetched."""
-    from torch.hub import download_url_to_file
 
     dest = Path(dest or os.environ.get(ENV) or torch_checkpoints_dir())
     dest.mkdir(parents=True, exist_ok=True)
@@ -188,7 +195,6 @@ def fetch(dest: str | os.PathLike | None = None, files: Iterable[WeightFile] | N
             continue
         try:
             if w.hf_repo:
-                from huggingface_hub import hf_hub_download
 
                 shutil.copyfile(hf_hub_download(w.hf_repo, "model.safetensors"), dest / w.filename)
             else:
@@ -211,7 +217,6 @@ def random_seed_for(name: str) -> int:
 def seeded_init(name: str):
     """Random initialisation inside this block draws from ``random_seed_for(name)``; the global (CPU and CUDA)
     RNG state is restored afterwards, so building a network never shifts a run's own random stream."""
-    import torch
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(random_seed_for(name))
@@ -227,12 +232,10 @@ def _freeze(model):
 
 def load_state_dict_file(name: str) -> dict:
     """The state dict in weight file ``name`` (:func:`require`), on CPU; a corrupt file is a one-line error."""
-    import torch
 
     path = require(name)
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
 
             return load_file(str(path))
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -262,8 +265,6 @@ def load_torchvision(name: str, mode: WeightsMode):
     across images, leaving the texture discriminator nothing to judge) and the ``classifier``, which no project
     network uses, is zeros (drawing its ~100M weights would cost seconds per build). Random weights come from the
     fixed seed of ``name`` (:func:`seeded_init`), so they are the same in every process."""
-    import torch
-    import torchvision
 
     check_mode(mode)
     with torch.device("meta"):
@@ -278,7 +279,6 @@ def load_torchvision(name: str, mode: WeightsMode):
 
 
 def _init_random_torchvision(model, name: str) -> None:
-    from torch import nn
 
     for m in model.features.modules():
         if isinstance(m, nn.Conv2d) and name.startswith("vgg"):
@@ -310,7 +310,6 @@ def load_vit_b16(mode: WeightsMode, img_size: int = 224):
     """timm ``vit_base_patch16_224.orig_in21k_ft_in1k`` for ``img_size`` inputs, frozen; in pretrained mode the
     local file goes through timm's own loader (``pretrained_cfg_overlay=dict(file=...)``), which resamples the
     position embeddings when ``img_size`` is not 224; random weights come from the fixed seed of its name."""
-    import timm
 
     check_mode(mode)
     kw: dict = {"img_size": img_size}

@@ -11,7 +11,13 @@ import torch
 from isp_search.cli import main
 from isp_search.models import create_generator
 from isp_search.train.config import MODE_TERMS
-from isp_search.train.step import FrozenNets, build_discriminators, discriminator_step, generator_step
+from isp_search.train.step import (
+    FrozenNets,
+    GeneratorStepOptions,
+    build_discriminators,
+    discriminator_step,
+    generator_step,
+)
 
 torch.set_num_threads(1)
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -39,7 +45,7 @@ def test_against_naive_and_cache_counts(tmp_path, capsys):
 
 
 def test_cpu_attention_flops_are_counted():
-    from isp_search.train.bench import count_flops
+    from isp_search.diagnostics.bench_train import count_flops
 
     q = torch.rand(2, 4, 16, 8, requires_grad=True)
     fwd = count_flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q))
@@ -69,11 +75,13 @@ def test_discriminator_reads_real_features_once_per_d_step_step():
             out[t] = torch.cat([p.grad.flatten() for p in discs[t].parameters()])
         return out
 
-    want = d_grads(generator_step(gen, frozen, batch, nets, discs, mult, True)[1])  # D(real) recomputed
+    # D(real) recomputed
+    want = d_grads(generator_step(gen, frozen, batch, nets, discs, mult, GeneratorStepOptions(True))[1])
     calls = {t: 0 for t in adv}
     handles = [discs[t].register_forward_pre_hook(lambda *_, t=t: calls.__setitem__(t, calls[t] + 1)) for t in adv]
     try:
-        got = d_grads(generator_step(gen, frozen, batch, nets, discs, mult, True, d_terms=adv)[1])
+        got = d_grads(generator_step(gen, frozen, batch, nets, discs, mult,
+                                         GeneratorStepOptions(True, d_terms=adv))[1])
     finally:
         for h in handles:
             h.remove()

@@ -16,7 +16,7 @@ torch.set_num_threads(1)
 
 
 def test_target_look_is_a_warm_brighter_cast():
-    from isp_search.train.learnability import target_look
+    from isp_search.diagnostics.learnability import target_look
 
     gray = np.full((2, 2, 3), 0.4)
     out = target_look(gray)[0, 0]
@@ -52,7 +52,7 @@ def _result(**over) -> dict:
     ({"status.unpaired": "diverged"}, "trained"),
 ])
 def test_verdict_fails_exactly_the_broken_criterion(broken, criterion):
-    from isp_search.train.learnability import verdict
+    from isp_search.diagnostics.learnability import verdict
 
     assert all(v["ok"] for v in verdict(_result()).values())
     failed = [k for k, v in verdict(_result(**broken)).items() if not v["ok"]]

@@ -11,9 +11,9 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from datasets import dataset
 
 from isp_search.data.augment import DIHEDRAL, augment_sample, cfa_after
-from datasets import dataset
 from isp_search.data.dead_leaves import dead_leaves, leaf_radii
 from isp_search.data.formats import FORMATS
 from isp_search.data.io import write_raw, write_rgb

@@ -10,7 +10,15 @@ import torch
 
 from isp_search.models import create_generator
 from isp_search.train.config import MODE_TERMS
-from isp_search.train.step import Branches, FrozenNets, build_discriminators, generator_step, term_loss
+from isp_search.train.step import (
+    Branches,
+    FrozenNets,
+    GeneratorStepOptions,
+    StepProbes,
+    build_discriminators,
+    generator_step,
+    term_loss,
+)
 
 torch.set_num_threads(1)
 # Random frozen networks at 32 px give some terms raw norms near 1e-8; a tiny eps makes w·norm = m exact there too.
@@ -42,7 +50,8 @@ def test_dla_unit_norms_and_naive_equality_and_one_backward_per_branch(mode):
 
     opt = torch.optim.SGD(params, lr=1.0)  # p_new = p - grad, so the applied gradient is readable
     counter = Counter()
-    metrics, _ = generator_step(gen, opt, batch, nets, discs, mult, lab, eps=EPS, counter=counter)
+    metrics, _ = generator_step(gen, opt, batch, nets, discs, mult, GeneratorStepOptions(lab, eps=EPS),
+                                StepProbes(counter=counter))
     applied = [a - p.detach() for a, p in zip(start, params)]
     for t in terms:
         w = metrics[f"dla/weight_{t}"]
@@ -52,3 +61,11 @@ def test_dla_unit_norms_and_naive_equality_and_one_backward_per_branch(mode):
         assert torch.allclose(a, e, atol=1e-5, rtol=1e-4)
     branches = {"content", "alex_gray"} | ({"vit"} if mode == "unpaired" else {"lpips", "dists"})
     assert dict(counter) == {b: 1 for b in branches}  # adv_relu1 + adv_relu4 share one AlexNet backward
+
+    # The trainer's own step with the textbook DLA (bench-train --against-naive) applies the same update.
+    with torch.no_grad():
+        for p, s0 in zip(params, start):
+            p.copy_(s0)
+    generator_step(gen, opt, batch, nets, discs, mult, GeneratorStepOptions(lab, eps=EPS, textbook_dla=True))
+    for a, p, e in zip(start, params, expected):
+        assert torch.allclose(a - p.detach(), e, atol=1e-5, rtol=1e-4)

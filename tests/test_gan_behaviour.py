@@ -16,7 +16,13 @@ import torch.nn.functional as F
 from isp_search.models import create_generator
 from isp_search.train.config import MODE_TERMS
 from isp_search.train.losses import dped_kernel
-from isp_search.train.step import FrozenNets, build_discriminators, discriminator_step, generator_step
+from isp_search.train.step import (
+    FrozenNets,
+    GeneratorStepOptions,
+    build_discriminators,
+    discriminator_step,
+    generator_step,
+)
 
 torch.set_num_threads(1)
 TERMS = MODE_TERMS["unpaired"]  # content, adv_color, adv_relu1, adv_relu4, tv
@@ -71,7 +77,7 @@ def d_steps(nets, batch, gen, discs, n: int) -> list[dict[str, float]]:
     """``n`` discriminator steps (Adam 1e-4, the paper's γ and clip) on one G step's feature cache; the gaps
     D(real) − D(fake) before and after each."""
     _, br = generator_step(gen, torch.optim.SGD(gen.parameters(), lr=0.0), batch, nets, discs,
-                           {t: 1.0 for t in TERMS}, True, d_terms=ADV)  # lr 0: it only yields the feature cache
+                           {t: 1.0 for t in TERMS}, GeneratorStepOptions(True, d_terms=ADV))  # lr 0: only the feature cache
     with torch.no_grad():
         fake = gen(batch["input"])
     opts = {t: torch.optim.Adam(discs[t].parameters(), lr=1e-4, betas=(0.5, 0.9)) for t in ADV}
@@ -101,7 +107,7 @@ def test_d_loss_is_relativistic_plus_r1_r2_on_feature_tensors(setup):
     nets, batch = setup
     gen, discs = fresh(nets)
     _, br = generator_step(gen, torch.optim.SGD(gen.parameters(), lr=0.0), batch, nets, discs,
-                           {t: 1.0 for t in TERMS}, True, d_terms=ADV)  # as train() calls it before a D step
+                           {t: 1.0 for t in TERMS}, GeneratorStepOptions(True, d_terms=ADV))  # as train() before a D step
     with torch.no_grad():
         fake_img = gen(batch["input"])
     for t in ADV:
@@ -142,7 +148,7 @@ def test_g_step_on_an_adversarial_term_raises_fake_minus_real(setup, trained_dis
         before = -gaps(nets, discs, gen(batch["input"]), batch["target"])[term]
     opt = torch.optim.Adam(gen.parameters(), lr=5e-3, betas=(0.5, 0.9))
     for _ in range(3):
-        metrics, _ = generator_step(gen, opt, batch, nets, discs, {term: 1.0}, True)
+        metrics, _ = generator_step(gen, opt, batch, nets, discs, {term: 1.0}, GeneratorStepOptions(True))
         assert "nonfinite" not in metrics
     with torch.no_grad():
         after = -gaps(nets, discs, gen(batch["input"]), batch["target"])[term]
@@ -178,7 +184,8 @@ def test_dla_gives_each_term_norm_m_against_independent_gradients(setup):
     norms = {t: torch.sqrt(sum((g ** 2).sum() for g in gs)) for t, gs in per_term.items()}
     expected = [sum(mult[t] / norms[t] * per_term[t][i] for t in TERMS) for i in range(len(params))]
     start = [p.detach().clone() for p in params]
-    metrics, _ = generator_step(gen, torch.optim.SGD(params, lr=1.0), batch, nets, discs, mult, True, eps=1e-30)
+    metrics, _ = generator_step(gen, torch.optim.SGD(params, lr=1.0), batch, nets, discs, mult,
+                                GeneratorStepOptions(True, eps=1e-30))
     applied = [a - p.detach() for a, p in zip(start, params)]  # SGD lr 1: the applied gradient
     flat_a = torch.cat([a.flatten() for a in applied])
     for t in TERMS:

@@ -11,9 +11,9 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from datasets import dataset
 
 import isp_search.data.dataset as dataset_mod
-from datasets import dataset
 from isp_search.data.io import write_raw, write_rgb
 from isp_search.data.packed import PREFIX
 

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from pathlib import Path
 
 from isp_search.errors import UserError
+from isp_search.export import adb, qaihub
+from isp_search.export import bench as B
+from isp_search.export.floor import compute_floor
+from isp_search.export.pipeline import export_model, parse_size, sha256
+from isp_search.export.publish import mobile_targets, preflight
+from isp_search.export.tflite_export import interpreter
+from isp_search.models.checkpoint import load_generator
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,15 +41,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from isp_search.export import bench as B
-    from isp_search.export.pipeline import export_model, parse_size
 
     src = Path(args.model)
     if not src.exists():
         raise UserError(f"{src}: no such model file or folder")
     mobile = args.target != "cpu"
     if mobile:  # fail in seconds, before any export
-        from isp_search.export.publish import mobile_targets, preflight
 
         preflight(mobile_targets([args.target]), {"benchmark_binary": args.benchmark_binary})
     tflite = onnx = None
@@ -62,7 +67,6 @@ def run(args: argparse.Namespace) -> int:
         if size and tuple(meta.get("size") or ()) != size:
             if not meta.get("source"):
                 raise UserError(f"--size: {src} was exported at another size and names no source to re-export")
-            from isp_search.models.checkpoint import load_generator
 
             loaded = load_generator(meta["source"], arch=meta.get("arch"))
         else:
@@ -73,8 +77,7 @@ def run(args: argparse.Namespace) -> int:
                                     "--formats including tflite_fp16")
                 tflite = src / "model_fp16.tflite"
     if tflite is None:
-        import tempfile
-        from isp_search.models.checkpoint import load_generator
+
 
         loaded = loaded or load_generator(src, arch=args.arch)
         out = Path(tempfile.mkdtemp(prefix="isp-bench-"))
@@ -97,7 +100,6 @@ def run(args: argparse.Namespace) -> int:
     if loaded is None and src.is_dir():
         export_json = src / "export.json"
         if export_json.is_file():
-            from isp_search.models.checkpoint import load_generator
 
             meta = json.loads(export_json.read_text())
             try:
@@ -108,7 +110,6 @@ def run(args: argparse.Namespace) -> int:
         shape = tuple(res["input_shape"])
         nchw = (shape[0], shape[3], shape[1], shape[2])
         others.append(B.bench_torch(loaded.model, nchw, args.threads, args.runs, args.warmup))
-    from isp_search.export.floor import compute_floor
 
     floor = compute_floor(tflite, args.threads)  # measured now, on the same threads, as the runtimes were
     for r in [res] + others:  # the best run beside the best SGEMM: both as little disturbed as this CPU allows
@@ -135,17 +136,13 @@ def _precision(tflite: Path) -> str:
 
 def _run_mobile(args: argparse.Namespace, tflite: Path) -> int:
     """Time the fp16 file on a phone (adb) or a device-cloud phone (qai-hub) and print one line."""
-    from isp_search.export.pipeline import sha256
 
     if args.target.startswith("adb"):
-        from isp_search.export.adb import bench_adb, parse_target
-
-        res = bench_adb(tflite, args.benchmark_binary, serial=parse_target(args.target), runs=args.runs,
-                        warmup=args.warmup)
+        res = adb.bench_adb(tflite, args.benchmark_binary, serial=adb.parse_target(args.target), runs=args.runs,
+                            warmup=args.warmup)
     else:
-        from isp_search.export.qaihub import bench_qaihub, parse_target
-
-        res = bench_qaihub(tflite, parse_target(args.target), "x".join(map(str, _output_size(tflite))))
+        res = qaihub.bench_qaihub(tflite, qaihub.parse_target(args.target),
+                                  "x".join(map(str, _output_size(tflite))))
     res["sha256"] = sha256(tflite)
     if args.json:
         print(json.dumps(res, default=str))
@@ -159,7 +156,6 @@ def _run_mobile(args: argparse.Namespace, tflite: Path) -> int:
 
 
 def _output_size(tflite: Path) -> tuple[int, int]:
-    from isp_search.export.tflite_export import interpreter
 
     shape = interpreter(tflite).get_output_details()[0]["shape"]
     return int(shape[1]), int(shape[2])

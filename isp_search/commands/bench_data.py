@@ -15,6 +15,15 @@ import os
 import time
 from typing import Any
 
+import torch
+from torch.utils.data import DataLoader
+
+from isp_search.data.dataset import AUTO_CACHE_LIMIT, keep_freed_memory
+from isp_search.data.datasets import make_datasets, pack_config
+from isp_search.diagnostics.bench_train import bench_train
+from isp_search.errors import UserError
+from isp_search.train import load_train_config
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -42,9 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def items_per_s(ds: Any, seconds: float) -> dict[str, float]:
     """``ds[k]`` in a loop for about ``seconds`` in this process with one torch thread: items per second of wall
     time and per CPU second (the second is what a worker gets on an idle core; the first depends on the load)."""
-    import torch
 
-    from isp_search.data.dataset import keep_freed_memory
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -65,7 +72,6 @@ def items_per_s(ds: Any, seconds: float) -> dict[str, float]:
 
 def loader_items_per_s(ds: Any, batch_size: int, workers: int, seconds: float) -> dict[str, float]:
     """Items per second out of a DataLoader (after its first batch, so worker start-up is left out)."""
-    from torch.utils.data import DataLoader
 
     batch_size = min(batch_size, len(ds))
     loader = DataLoader(ds, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=workers,
@@ -92,8 +98,6 @@ def loader_items_per_s(ds: Any, batch_size: int, workers: int, seconds: float) -
 def bench_data(cfg: Any, seconds: float = 3.0, workers: int | None = None, steps: int = 2,
                step_ms: float | None = None, with_step: bool = True) -> dict[str, Any]:
     """Every number ``bench-data`` prints, as one dict."""
-    from isp_search.data.dataset import AUTO_CACHE_LIMIT
-    from isp_search.data.datasets import make_datasets
 
     ds = make_datasets(cfg)["train"]
     item = ds[0]
@@ -124,7 +128,6 @@ def bench_data(cfg: Any, seconds: float = 3.0, workers: int | None = None, steps
         "cpu_cores": len(os.sched_getaffinity(0)),
     }
     if step_ms is None and with_step:
-        from isp_search.train.bench import bench_train
 
         b = bench_train(cfg, steps)
         step_ms = b["step_ms"] - b["time_ms"].get("data_wait", 0.0)
@@ -138,9 +141,6 @@ def bench_data(cfg: Any, seconds: float = 3.0, workers: int | None = None, steps
 
 
 def run(args: argparse.Namespace) -> int:
-    from isp_search.data.datasets import pack_config
-    from isp_search.errors import UserError
-    from isp_search.train import load_train_config
 
     if args.seconds <= 0 or args.steps < 1 or (args.workers is not None and args.workers < 0):
         raise UserError("--seconds must be > 0, --steps >= 1 and --workers >= 0")

@@ -6,6 +6,10 @@ from __future__ import annotations
 import argparse
 import json
 
+from isp_search.diagnostics.bench_train import bench_train
+from isp_search.errors import UserError
+from isp_search.train import load_train_config
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -37,9 +41,6 @@ def _print_variant(name: str, v: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from isp_search.errors import UserError
-    from isp_search.train import load_train_config
-    from isp_search.train.bench import bench_train
 
     if args.steps < 1:
         raise UserError(f"--steps must be >= 1, got {args.steps}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from isp_search.diagnostics.learnability import check_method, describe
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -14,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Pretrains briefly, runs the unpaired stage (the real trainer, loss set, DLA and discriminators) and prints "
         "how far the outputs' mean CIE LAB moved toward the target domain's, and the SSIM of their luminance to the "
         "reference's (structure kept); then probes the trained models' mechanism on held-out images (each "
-        "discriminator's margin D(real) - D(fake), each discriminator update against SPEC §4's loss with R1/R2 on the "
+        "discriminator's margin D(real) - D(fake), each discriminator update against docs/method.md §4.7's loss with R1/R2 on the "
         "feature tensors, each generator term's DLA share of the update) and prints one ok/FAIL line per criterion. "
         "Exits 0 only if every criterion holds. Needs no downloads; CPU only.")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
@@ -25,7 +27,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from isp_search.train.learnability import check_method, describe
 
     res = check_method("small" if args.small else "full", args.work_dir, args.seed)
     print(json.dumps(res) if args.json else describe(res))

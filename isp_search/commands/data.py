@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from isp_search.data.check import check_dataset, format_report
+from isp_search.data.synth import format_stats, split_stats, synthesize
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("data", help="build the synthetic data set or check a data set folder",
@@ -49,7 +52,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    from isp_search.data.synth import format_stats, split_stats, synthesize
 
     out = synthesize(args.out, args.format, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,
                      seed=args.seed, size=args.size, dead_leaves=args.dead_leaves)
@@ -65,7 +67,6 @@ def run_synth(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from isp_search.data.check import check_dataset, format_report
 
     report = check_dataset(args.root, args.format)
     print(json.dumps(report) if args.json else format_report(report))

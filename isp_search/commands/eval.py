@@ -5,6 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 
+import torch
+
+from isp_search.data.dataset import Caching, RawRGBDataset
+from isp_search.errors import UserError
+from isp_search.metrics import Evaluator, evaluate_model
+from isp_search.models.checkpoint import load_generator
+from isp_search.weights import set_weights_dir
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -29,13 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
-    from isp_search.data.dataset import Caching, RawRGBDataset
-    from isp_search.errors import UserError
-    from isp_search.metrics import Evaluator, evaluate_model
-    from isp_search.models.checkpoint import load_generator
-    from isp_search.weights import set_weights_dir
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size: expected an integer >= 1, got {args.batch_size}")

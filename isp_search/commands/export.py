@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+
+from isp_search.export.pipeline import export_model, parse_formats, parse_size
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,7 +36,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from isp_search.export.pipeline import export_model, parse_formats, parse_size
 
     formats = parse_formats(args.formats)
     size = parse_size(args.size)
@@ -48,7 +50,6 @@ def run(args: argparse.Namespace) -> int:
         for k, v in r.paths.items():
             print(f"wrote {k}: {v} ({r.bytes[k]} bytes, sha256 {r.sha256[k][:12]})")
     if not r.passed:
-        import sys
 
         print(f"isp-search: export refused: {r.reason} (details: {args.out}/export.json)", file=sys.stderr)
         return 1

@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
+from rich.console import Console
+from rich.table import Table
+
 from isp_search.errors import UserError
+from isp_search.export import leaderboard as LB
+from isp_search.export.pipeline import parse_formats, parse_size
+from isp_search.export.publish import publish
+from isp_search.export.report import COLUMNS, DEFAULT_OBJECTIVES, write_report
+from isp_search.export.settings import ExportSettings, Provenance
+from isp_search.metrics import direction
+from isp_search.models.checkpoint import load_generator
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -54,14 +65,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _rows(path) -> list[dict]:
-    from isp_search.export import leaderboard as LB
 
     return LB.read(path).to_pylist()
 
 
 def _direction(col: str) -> str:
     try:
-        from isp_search.metrics import direction
 
         return direction(col)
     except Exception:  # columns that are not metrics
@@ -69,8 +78,6 @@ def _direction(col: str) -> str:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from isp_search.export import leaderboard as LB
-    from isp_search.export.report import COLUMNS, DEFAULT_OBJECTIVES, write_report
 
     rows = _rows(args.path)
     if rows and args.sort not in rows[0]:
@@ -94,8 +101,6 @@ def run_show(args: argparse.Namespace) -> int:
             lines.append("| " + " | ".join(["★" if f else ""] + [_cell(r.get(c)) for c in COLUMNS]) + " |")
         text = "\n".join(lines)
     else:
-        from rich.console import Console
-        from rich.table import Table
 
         t = Table(title=f"leaderboard ({len(rows)} models, ★ Pareto: LPIPS↓ PSNR↑ latency↓)")
         for c in ("★",) + COLUMNS:
@@ -121,12 +126,7 @@ def _cell(v) -> str:
 
 
 def run_add(args: argparse.Namespace) -> int:
-    import sys
 
-    from isp_search.export.pipeline import parse_formats, parse_size
-    from isp_search.export.publish import publish
-    from isp_search.export.settings import ExportSettings, Provenance
-    from isp_search.models.checkpoint import load_generator
 
     name = args.name or f"baseline/{Path(args.weights).stem}"
     out = Path(args.export_dir or Path("results/exports") / name.replace("/", "_"))

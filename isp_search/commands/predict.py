@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+import torch
+
+from isp_search.data.io import read_raw, write_rgb
+from isp_search.models.checkpoint import load_generator
+from isp_search.raw import get_preset
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -19,11 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
-    from isp_search.data.io import read_raw, write_rgb
-    from isp_search.models.checkpoint import load_generator
-    from isp_search.raw import get_preset
 
     if args.preset:
         get_preset(args.preset)

@@ -7,6 +7,9 @@ import json
 import time
 from pathlib import Path
 
+from isp_search.train import load_train_config, train
+from isp_search.train.state import resolve_resume
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -26,7 +29,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from isp_search.train import load_train_config, train
 
     cfg = load_train_config(args.config, args.overrides)
     run_dir = args.run_dir or args.resume
@@ -34,7 +36,6 @@ def run(args: argparse.Namespace) -> int:
         name = cfg.name or Path(args.config).stem
         run_dir = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if args.resume:
-        from isp_search.train.state import resolve_resume
 
         resolve_resume(args.resume)  # a bad path fails before any work
     summary = train(cfg, run_dir, resume=args.resume)

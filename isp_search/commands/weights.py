@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from isp_search import weights as W
+from isp_search.weights import fetch
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -30,7 +33,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from isp_search import weights as W
 
     if args.weights_dir:
         W.set_weights_dir(args.weights_dir)
@@ -53,7 +55,6 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def run_fetch(args: argparse.Namespace) -> int:
-    from isp_search.weights import fetch
 
     got = fetch(args.dir)
     print("fetched: " + (", ".join(got) if got else "nothing (all present)"))

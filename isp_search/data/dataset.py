@@ -12,6 +12,7 @@ is asked for (``packed=True`` builds it), else from the files; small splits keep
 
 from __future__ import annotations
 
+import ctypes
 import os
 import sys
 import time
@@ -33,8 +34,8 @@ from isp_search.data.packed import PackedImages, build_pack, open_pack
 from isp_search.data.pairing import PAIRINGS, make_pairing
 from isp_search.data.splits import Splits, carve_splits, load_splits
 from isp_search.errors import UserError
-from isp_search.progress import Progress
 from isp_search.models.registry import BackboneSpec, spec_for
+from isp_search.progress import Progress
 
 AUTO_CACHE_LIMIT = 2048  # splits up to this many files keep decoded images in memory
 _TUNED_PID = 0  # the process whose allocator keep_freed_memory() has set up
@@ -52,7 +53,6 @@ def keep_freed_memory() -> None:
         return
     _TUNED_PID = os.getpid()
     try:
-        import ctypes
 
         libc = ctypes.CDLL("libc.so.6")
     except OSError:  # not glibc (macOS, musl): nothing to tune

@@ -7,7 +7,7 @@ import os
 from dataclasses import replace
 from typing import Any
 
-from isp_search.data.dataset import Carving, Caching, ItemOptions, RawRGBDataset
+from isp_search.data.dataset import Caching, Carving, ItemOptions, RawRGBDataset
 from isp_search.data.demosaic import ReferenceLook
 from isp_search.data.packed import PackedImages
 from isp_search.data.synth import ensure_synthetic

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import rawpy
 
 from isp_search.errors import UserError
 from isp_search.raw import RAW_MAX
@@ -53,7 +54,6 @@ def read_raw(path: str | os.PathLike) -> np.ndarray:
 
 
 def _read_dng(p: Path) -> np.ndarray:
-    import rawpy
 
     if not p.is_file():
         raise DataError(f"{p}: no such file")

@@ -33,9 +33,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+import skimage.data
+from PIL import Image
 
 from isp_search.errors import UserError
 
@@ -76,7 +79,6 @@ NOT_PHOTOGRAPHIC = ("hubble_deep_field", "retina", "immunohistochemistry", "cell
 
 def photo_file(photo: Photo) -> Path:
     """The photo's file inside its installed distribution (UserError naming the package when it is missing)."""
-    from importlib import metadata
 
     try:
         dist = metadata.distribution(photo.package)
@@ -97,13 +99,11 @@ def load_photo(name: str) -> np.ndarray:
     if photo is None:
         raise UserError(f"unknown photo {name!r}; known: {', '.join(PHOTOS)}")
     if photo.package == "scikit-image":
-        import skimage.data
 
         img = getattr(skimage.data, photo.file)()
         if isinstance(img, tuple):  # stereo_motorcycle -> (left, right, disparity): the left view only
             img = img[0]
     else:
-        from PIL import Image
 
         with Image.open(photo_file(photo)) as im:
             img = np.asarray(im.convert("RGB"))

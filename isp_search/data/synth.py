@@ -31,6 +31,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from isp_search.data.dead_leaves import dead_leaves as draw_dead_leaves
@@ -105,7 +106,6 @@ def quantize(mosaic: np.ndarray) -> np.ndarray:
 
 def _crop(photo: np.ndarray, size: int, rng: np.random.Generator) -> tuple[np.ndarray, float]:
     """A random ``size``² crop after a random rescale (upscaled by the least factor when the photo is smaller)."""
-    import cv2
 
     h, w = photo.shape[:2]
     fit = max(size / h, size / w)  # > 1: the photo is smaller than the crop

@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
+
+from isp_search.export.tflite_export import interpreter
 
 MAI_INPUT = (1, 544, 960, 4)  # -> 1 x 1088 x 1920 x 3
 
@@ -49,7 +52,6 @@ def _time(fn: Callable[[], object], runs: int, warmup: int) -> list[float]:
 
 def bench_tflite(path: str | os.PathLike, threads: int = 2, runs: int = 20, warmup: int = 3) -> dict:
     """LiteRT with its default XNNPACK delegate at the model's own (static) input shape."""
-    from isp_search.export.tflite_export import interpreter
 
     t0 = time.perf_counter()
     it = interpreter(path, threads=threads)
@@ -64,6 +66,7 @@ def bench_tflite(path: str | os.PathLike, threads: int = 2, runs: int = 20, warm
 
 
 def bench_onnx(path: str | os.PathLike, threads: int = 2, runs: int = 20, warmup: int = 3) -> dict:
+    # deferred: ONNX Runtime loads only where an ONNX file is run
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -76,7 +79,6 @@ def bench_onnx(path: str | os.PathLike, threads: int = 2, runs: int = 20, warmup
 
 
 def bench_torch(model, input_shape_nchw: tuple[int, ...], threads: int = 2, runs: int = 20, warmup: int = 3) -> dict:
-    import torch
 
     old = torch.get_num_threads()
     torch.set_num_threads(threads)

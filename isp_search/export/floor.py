@@ -12,11 +12,13 @@ import os
 import time
 
 import numpy as np
+import torch
+
+from isp_search.export.tflite_export import _plain_interpreter
 
 
 def peak_gflops(threads: int = 2, n: int = 2048, repeats: int = 10) -> dict:
     """Best fp32 SGEMM throughput (GFLOP/s) of ``n`` x ``n`` matrices on ``threads`` threads."""
-    import torch
 
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -39,7 +41,6 @@ def peak_gflops(threads: int = 2, n: int = 2048, repeats: int = 10) -> dict:
 def tflite_macs(path: str | os.PathLike) -> int:
     """Multiply-accumulates of one inference of a ``.tflite`` graph: CONV_2D, DEPTHWISE_CONV_2D, TRANSPOSE_CONV
     and FULLY_CONNECTED, from the tensor shapes (NHWC activations, OHWI filters)."""
-    from isp_search.export.tflite_export import _plain_interpreter
 
     it = _plain_interpreter(path)
     shapes = {t["index"]: tuple(int(v) for v in t["shape"]) for t in it.get_tensor_details()}

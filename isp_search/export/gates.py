@@ -133,6 +133,7 @@ def op_gate(fmt: str, ops: list[str], ranks: dict[str, int], dcr_folds: int | No
 
 def analyzer_gate(fmt: str, path: str | os.PathLike, report_path: str | os.PathLike) -> GateResult:
     """TensorFlow's own GPU-delegate compatibility check; its printed report is written whole to ``report_path``."""
+    # deferred: TensorFlow (seconds to import; triton crashes after it) loads only for this check
     import tensorflow as tf
 
     sink = io.StringIO()

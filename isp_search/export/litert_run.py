@@ -18,6 +18,7 @@ import numpy as np
 
 
 def _run(path: str, batches: dict[str, np.ndarray], threads: int | None, plain: bool) -> dict[str, np.ndarray]:
+    # deferred: LiteRT loads only where a .tflite file is run
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     kw = {"experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES} if plain else {}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import onnx
 import torch
 
 # Relative error (max |diff| / max |PyTorch|) above which an op output no longer matches any PyTorch activation.
@@ -39,6 +40,7 @@ def torch_activations(model: torch.nn.Module, x: torch.Tensor) -> list[tuple[str
 
 def tflite_activations(path: str | os.PathLike, x_nchw: np.ndarray) -> list[tuple[str, np.ndarray]]:
     """(op name, output as NCHW) of every op of a .tflite graph, in execution order."""
+    # deferred: LiteRT loads only where a .tflite file is run
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     it = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True,
@@ -56,7 +58,7 @@ def tflite_activations(path: str | os.PathLike, x_nchw: np.ndarray) -> list[tupl
 
 def onnx_activations(path: str | os.PathLike, x_nchw: np.ndarray) -> list[tuple[str, np.ndarray]]:
     """(node name, output) of every node of an ONNX graph, in graph order."""
-    import onnx
+    # deferred: ONNX Runtime loads only where an ONNX file is run
     import onnxruntime as ort
 
     proto = onnx.load(str(path))

@@ -19,11 +19,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from isp_search.data.dataset import Caching, RawRGBDataset
+from isp_search.data.synth import ensure_synthetic
 from isp_search.errors import UserError
-from isp_search.hashing import file_sha256
 from isp_search.export import gates as G
+from isp_search.export import tflite_export as T
 from isp_search.export.litert_run import run_batches
+from isp_search.export.locate import describe, locate_export
 from isp_search.export.onnx_export import example_input, export_onnx
+from isp_search.hashing import file_sha256
 from isp_search.models.checkpoint import LoadedGenerator, load_generator
 
 FORMATS = ("onnx", "tflite", "tflite_fp16", "tflite_int8")
@@ -79,7 +83,6 @@ def data_identity(ds) -> dict:
 
 
 def _dataset(loaded: LoadedGenerator, root: str, fmt: str, splits: tuple[str, ...], preset: str | None = None):
-    from isp_search.data.dataset import Caching, RawRGBDataset
 
     for split in splits:
         try:
@@ -107,7 +110,6 @@ def _nhwc(t: torch.Tensor) -> np.ndarray:
 
 
 def _default_calib() -> tuple[str, str]:
-    from isp_search.data.synth import ensure_synthetic
 
     root = Path(os.environ.get("ISP_SEARCH_CACHE", Path.home() / ".cache" / "isp-search")) / "synth_mai2022"
     ensure_synthetic(root, "mai2022")
@@ -147,9 +149,9 @@ def export_model(source: LoadedGenerator | str | os.PathLike, out_dir: str | os.
     ``preset`` overrides the normalisation (the preset gate refuses one the weights were not trained with);
     ``fold_dcr=False`` leaves the pixel shuffle as exported by PyTorch (the op gate refuses it).
     """
+    # deferred: ONNX Runtime loads only where an ONNX file is run
     import onnxruntime as ort
 
-    from isp_search.export import tflite_export as T
 
     loaded = source if isinstance(source, LoadedGenerator) else load_generator(source, arch=arch, preset=preset)
     out = Path(out_dir).resolve()  # export.json and leaderboard rows carry absolute artifact paths
@@ -226,7 +228,6 @@ def export_model(source: LoadedGenerator | str | os.PathLike, out_dir: str | os.
     if failing and locate_failures:
         fmt, kind = failing[0].name.split("/")[1:]
         found = _locate(loaded, fmt, kind, inputs[kind][:1], onnx_path, paths.get(fmt), fold_dcr, size)
-        from isp_search.export.locate import describe
 
         failing[0].located = found
         failing[0].detail += f"; {describe(found)}"
@@ -246,8 +247,6 @@ def export_model(source: LoadedGenerator | str | os.PathLike, out_dir: str | os.
 def _locate(loaded: LoadedGenerator, fmt: str, kind: str, x: torch.Tensor, onnx_path: Path, path: str | None,
             fold_dcr: bool, size: tuple[int, int]) -> dict:
     """Per-op location of a parity failure, at the export size or (large exports) on a 256x256 re-export."""
-    from isp_search.export import tflite_export as T
-    from isp_search.export.locate import locate_export
 
     model = loaded.model.eval()
     if size[0] * size[1] <= LOCATE_MAX_PIXELS:

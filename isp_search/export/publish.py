@@ -5,6 +5,7 @@ Nothing is appended until every stage has passed: a refused export or a failed b
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from dataclasses import dataclass
@@ -12,12 +13,17 @@ from pathlib import Path
 
 import torch
 
+from isp_search.data.dataset import Caching, RawRGBDataset
+from isp_search.data.io import write_rgb
 from isp_search.errors import UserError
+from isp_search.export import adb as adb_mod
 from isp_search.export import leaderboard as LB
+from isp_search.export import qaihub
 from isp_search.export.bench import bench_tflite
 from isp_search.export.onnx_export import example_input
-from isp_search.export.pipeline import ExportResult, export_model
+from isp_search.export.pipeline import ExportResult, _dataset, data_identity, export_model, sha256
 from isp_search.export.settings import ExportSettings, Provenance
+from isp_search.metrics import evaluate_model
 from isp_search.models.checkpoint import LoadedGenerator, load_generator
 
 
@@ -34,7 +40,6 @@ def count_macs(model: torch.nn.Module, spec, height: int, width: int) -> int:
     Counted with forward hooks on the meta device (no compute). torch's FlopCounterMode is not used here because
     importing it pulls in triton, which crashes in a process that has loaded TensorFlow for the export.
     """
-    import copy
 
     m = copy.deepcopy(model).to("meta").eval()
     total = 0
@@ -58,8 +63,6 @@ def count_macs(model: torch.nn.Module, spec, height: int, width: int) -> int:
 def save_crops(loaded: LoadedGenerator, data_root: str, data_format: str, out_dir: Path, crop: int = 96,
                split: str = "test") -> tuple[str | None, str | None]:
     """Run the model on the first test image and save a centre crop of its output and of the target as PNG."""
-    from isp_search.data.dataset import Caching, RawRGBDataset
-    from isp_search.data.io import write_rgb
 
     try:
         ds = RawRGBDataset(data_root, data_format, split, loaded.spec, preset=loaded.preset, caching=Caching(with_reference=False))
@@ -85,7 +88,6 @@ def save_crops(loaded: LoadedGenerator, data_root: str, data_format: str, out_di
 
 def _latency_entry(res: dict, size: tuple[int, int], model: str) -> dict:
     """A bench result as a leaderboard latency entry, naming the file timed and its sha256."""
-    from isp_search.export.pipeline import sha256
 
     entry = {k: v for k, v in res.items() if k in LB.LATENCY.names}
     entry.setdefault("statistic", "median" if res.get("median_ms") is not None else "mean")
@@ -95,17 +97,14 @@ def _latency_entry(res: dict, size: tuple[int, int], model: str) -> dict:
 
 def mobile_targets(targets) -> list[str]:
     """Validate ``adb[:SERIAL]`` / ``qai-hub:DEVICE`` targets (``cpu`` is always timed and dropped here)."""
-    from isp_search.export.adb import parse_target as adb_target
-    from isp_search.export.qaihub import parse_target as hub_target
-
     out = []
     for t in targets or ():
         if t == "cpu":
             continue
         if t == "adb" or t.startswith("adb:"):
-            adb_target(t)
+            adb_mod.parse_target(t)
         elif t.startswith("qai-hub"):
-            hub_target(t)
+            qaihub.parse_target(t)
         else:
             raise UserError(f"latency target {t!r}: valid: cpu, adb, adb:SERIAL, qai-hub:DEVICE")
         out.append(t)
@@ -114,26 +113,19 @@ def mobile_targets(targets) -> list[str]:
 
 def preflight(targets: list[str], adb: dict | None) -> None:
     """Fail in seconds, not after minutes of export: adb and its binary, or a qai-hub token."""
-    from isp_search.export.adb import check_adb
-    from isp_search.export.qaihub import check_token
-
     for t in targets:
         if t.startswith("adb"):
-            check_adb((adb or {}).get("benchmark_binary"))
+            adb_mod.check_adb((adb or {}).get("benchmark_binary"))
         else:
-            check_token()
+            qaihub.check_token()
 
 
 def _time_mobile(target: str, fp16: str, size: tuple[int, int], adb: dict | None) -> dict:
     if target.startswith("adb"):
-        from isp_search.export.adb import bench_adb, parse_target
-
         a = {k: v for k, v in (adb or {}).items() if k != "serial"}
-        res = bench_adb(fp16, serial=parse_target(target), **a)
+        res = adb_mod.bench_adb(fp16, serial=adb_mod.parse_target(target), **a)
     else:
-        from isp_search.export.qaihub import bench_qaihub, parse_target
-
-        res = bench_qaihub(fp16, parse_target(target), f"{size[0]}x{size[1]}")
+        res = qaihub.bench_qaihub(fp16, qaihub.parse_target(target), f"{size[0]}x{size[1]}")
     return _latency_entry(res, size, fp16)
 
 
@@ -149,7 +141,6 @@ def _parity_columns(gates: dict, suffix: str = "") -> list[dict]:
 
 
 def _eval_identity(data: tuple[str, str] | None, split: str, loaded: LoadedGenerator) -> dict:
-    from isp_search.export.pipeline import _dataset, data_identity
 
     if data is None:
         return {}
@@ -192,8 +183,6 @@ def publish(source: LoadedGenerator | str | os.PathLike, out_dir: str | os.PathL
     if not result.passed:
         return Published(model_id, result, None)
     if metrics is None and data is not None:
-        from isp_search.data.dataset import Caching, RawRGBDataset
-        from isp_search.metrics import evaluate_model
 
         ds = RawRGBDataset(data[0], data[1], "test", loaded.spec, preset=loaded.preset, caching=Caching(with_reference=False))
         metrics = {**evaluate_model(loaded.model, loaded.spec, ds, weights_mode=weights_mode), "split": "test"}

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import requests
 
 from isp_search.errors import UserError
 
@@ -34,6 +35,7 @@ def parse_target(target: str) -> str:
 
 def _client():
     try:
+        # deferred: qai-hub is an optional extra (pip install isp-search[qaihub])
         import qai_hub
     except ImportError:
         raise UserError(f"--target qai-hub: the qai-hub client is not installed; {INSTALL_HINT}") from None
@@ -43,6 +45,7 @@ def _client():
 def check_token() -> None:
     """Fail before the export when no API token is configured (the client reads ~/.qai_hub/client.ini)."""
     hub = _client()
+    # deferred: qai-hub is an optional extra (pip install isp-search[qaihub])
     from qai_hub import api_utils
 
     path = Path(api_utils.get_config_path())
@@ -112,7 +115,6 @@ def bench_qaihub(model: str | os.PathLike, device: str, size: str, poll_s: float
             "see `qai-hub list-devices` for device names"
         raise UserError(f"qai-hub: {first}; {hint}") from None
     except Exception as e:  # network, proxy, server: one line, not a traceback
-        import requests
 
         if isinstance(e, requests.exceptions.RequestException):
             raise UserError(f"qai-hub: cannot reach Qualcomm AI Hub ({type(e).__name__}); check the network "

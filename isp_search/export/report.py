@@ -16,6 +16,10 @@ import math
 import os
 from pathlib import Path
 
+import matplotlib
+import matplotlib.pyplot as plt
+from matplotlib.ticker import FuncFormatter, NullFormatter
+
 DEFAULT_OBJECTIVES = {"lpips": "min", "psnr": "max", "latency_ms": "min"}
 
 # The plain-text table (`isp-search leaderboard`) shows these; the HTML report shows more (see render_html).
@@ -127,11 +131,8 @@ def _present(rows: list[dict], key: str) -> bool:
 
 def scatter_svg(rows: list[dict], front: list[bool]) -> str:
     """Two panels, PSNR against latency and against LPIPS; point ``i`` is ``<g id="model-i">``, numbered i+1."""
-    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     backbones = list(dict.fromkeys(str(r.get("backbone") or "?") for r in rows))
     colours = {b: plt.get_cmap("tab10")(i % 10) for i, b in enumerate(backbones)}

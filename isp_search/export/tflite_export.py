@@ -28,6 +28,7 @@ def convert(onnx_path: str | os.PathLike, out_dir: str | os.PathLike, int8_calib
     ``int8_calibration`` is NHWC float32 network input, e.g. normalised packed RAW patches.
     """
     try:
+        # deferred: onnx2tf imports TensorFlow (seconds) and loads only to convert
         import onnx2tf
     except ImportError as e:  # pragma: no cover - installed by the Makefile
         raise UserError(f"onnx2tf is not importable ({e}); run `make install`") from None
@@ -85,6 +86,7 @@ def _no_full_graph_dry_run():
     needed, and onnx2tf already skips the step itself when it would not fit in RAM; the parity gates then check
     the converted graph against PyTorch. Making the dry run fail is how that documented skip is taken.
     """
+    # deferred: onnx2tf imports TensorFlow (seconds) and loads only to convert
     import onnx2tf.onnx2tf as core
 
     real = core.dummy_onnx_inference
@@ -101,6 +103,7 @@ def _no_full_graph_dry_run():
 
 def interpreter(path: str | os.PathLike, threads: int | None = None):
     """A LiteRT interpreter (XNNPACK CPU delegate is LiteRT's default), tensors allocated."""
+    # deferred: LiteRT loads only where a .tflite file is run
     from ai_edge_litert.interpreter import Interpreter
 
     it = Interpreter(model_path=str(path), num_threads=threads)
@@ -119,6 +122,7 @@ def _plain_interpreter(path: str | os.PathLike, allocate: bool = True):
     """An interpreter without default delegates, so the op list is the graph's own (no DELEGATE nodes).
 
     Listing ops needs no tensors: ``allocate=False`` skips the arena (gigabytes for a graph at 1088x1920)."""
+    # deferred: LiteRT loads only where a .tflite file is run
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     it = Interpreter(model_path=str(path), num_threads=1,

@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from isp_search.errors import UserError
-from isp_search.models.registry import BackboneSpec, GENERATORS, create_generator, spec_for
+from isp_search.models.registry import GENERATORS, BackboneSpec, create_generator, spec_for
 
 FORMAT = "isp-search/generator/v1"
 
@@ -59,7 +60,6 @@ def _read(p: Path) -> Any:
 
     Our training checkpoints hold numpy RNG states, whose types are allow-listed here.
     """
-    import numpy as np
 
     safe = [np.core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype("uint32")), np.random.__dict__.get("MT19937")]
     try:

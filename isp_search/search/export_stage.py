@@ -18,11 +18,11 @@ from typing import Any
 # already loaded in the process; importing it first avoids that.
 import torch.utils.flop_counter  # noqa: F401
 
+from isp_search.errors import UserError
 from isp_search.export import leaderboard as LB
 from isp_search.export.publish import publish
 from isp_search.export.report import DEFAULT_OBJECTIVES, write_report
 from isp_search.export.settings import Provenance
-from isp_search.errors import UserError
 from isp_search.search.context import StudyContext
 from isp_search.search.optuna_storage import load_study
 from isp_search.search.pareto import ParetoEntry, PostSummary, close_orphans, pareto_trials, spread

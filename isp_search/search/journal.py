@@ -12,6 +12,8 @@ import logging
 import os
 from pathlib import Path
 
+from pyarrow import fs as pafs
+
 log = logging.getLogger(__name__)
 
 MIRROR_NAME = "optuna.journal"
@@ -25,7 +27,6 @@ def mirror_uri(storage_path: str, experiment: str, optuna_storage: str) -> str |
 
 
 def _size(fs, path: str) -> int:
-    from pyarrow import fs as pafs
 
     info = fs.get_file_info(path)
     return info.size if info.type == pafs.FileType.File else -1
@@ -35,7 +36,6 @@ def push(local: str, uri: str | None) -> bool:
     """Copy the local journal to ``uri`` (no-op without a mirror); a failed upload is logged, never fatal."""
     if not uri or not os.path.isfile(local):
         return False
-    from pyarrow import fs as pafs
 
     try:
         fs, path = pafs.FileSystem.from_uri(uri)
@@ -52,7 +52,6 @@ def pull(local: str, uri: str | None) -> bool:
     """Restore the local journal from ``uri`` when the mirror is longer (or the local copy is missing)."""
     if not uri:
         return False
-    from pyarrow import fs as pafs
 
     fs, path = pafs.FileSystem.from_uri(uri)
     remote = _size(fs, path)

@@ -14,9 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from isp_search.configio import ConfigError, NearestSource, Source, build, load_yaml
-from isp_search.errors import UserError
 from isp_search.search.space import (
-    _CHOICE_TYPES, Objective, Param, PretrainCfg, SearchSpace, metric_direction,
+    _CHOICE_TYPES,
+    Objective,
+    Param,
+    PretrainCfg,
+    SearchSpace,
+    metric_direction,
 )
 
 

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.fs
-
 from ray import tune
 
 from isp_search.export.bench import bench_tflite

@@ -8,7 +8,9 @@ folder and are stored absolute, so a resolved ``config.yaml`` in a run folder re
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
+import typing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -253,8 +255,6 @@ def load_train_config(path: str | os.PathLike, overrides: list[str] | Mapping[st
 
 def _check_key(dotted: str) -> None:
     """An override key must name an existing field; the message lists the valid keys of that section."""
-    import difflib
-    import typing
 
     cls: Any = TrainConfig
     parts = dotted.split(".")

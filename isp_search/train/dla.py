@@ -108,3 +108,26 @@ def combine(y: torch.Tensor, y_leaf: torch.Tensor, losses: Mapping[str, torch.Te
     metrics["loss/total"] = weighted
     metrics["dla/norm_total"] = float(global_norm(total))
     return total, metrics
+
+
+def combine_textbook(losses: Mapping[str, torch.Tensor], params: list[torch.nn.Parameter],
+                     multipliers: Mapping[str, float], adapt: bool = True,
+                     eps: float = 1e-8) -> tuple[list[torch.Tensor], dict[str, float]]:
+    """The textbook DLA, for comparison (``bench-train --against-naive``): per term a backward through its frozen
+    network to the generator parameters (for its norm), then one backward of Σ wᵢ Lᵢ. Same weights and metrics as
+    :func:`combine`; ``losses`` must hold the graph through the generator (no leaf copy of its output)."""
+    metrics: dict[str, float] = {}
+    weights: dict[str, float] = {}
+    for name, loss in losses.items():
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        norm = float(global_norm([torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]))
+        weights[name] = multipliers[name] / (norm + eps) if adapt else multipliers[name]
+        metrics[f"loss/{name}"] = float(loss.detach())
+        metrics[f"dla/norm_{name}"] = norm
+        metrics[f"dla/weight_{name}"] = weights[name]
+    total_loss = sum(weights[t] * loss for t, loss in losses.items())
+    grads = torch.autograd.grad(total_loss, params, allow_unused=True)
+    total = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+    metrics["loss/total"] = float(total_loss.detach())
+    metrics["dla/norm_total"] = float(global_norm(total))
+    return total, metrics

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -53,7 +54,6 @@ def evaluate(gen: torch.nn.Module, ds: Dataset, evaluator: Evaluator, device: to
 @torch.no_grad()
 def save_sample_grid(gen: torch.nn.Module, ds: Dataset, device: torch.device, path: Path, n: int = 4) -> Path:
     """PNG with one row per image: demosaiced RAW (the reference) | output | target RGB."""
-    import cv2
 
     rows = []
     was_training = gen.training

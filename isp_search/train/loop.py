@@ -11,22 +11,34 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 import yaml
 from torch.utils.data import DataLoader
+from torch.utils.tensorboard import SummaryWriter
 
-from isp_search.configio import to_dict
+from isp_search.configio import ConfigError, to_dict
+from isp_search.data.datasets import make_datasets
+from isp_search.errors import UserError
+from isp_search.metrics import Evaluator
+from isp_search.models.checkpoint import load_generator
+from isp_search.progress import Progress
 from isp_search.train import state as st
 from isp_search.train.config import GAN_MODES, TrainConfig
 from isp_search.train.evaluate import evaluate, save_sample_grid
 from isp_search.train.losses import LOSSES
-from isp_search.data.datasets import make_datasets
-from isp_search.train.step import FrozenNets, build_discriminators, discriminator_step, generator_step
+from isp_search.train.real_cache import open_real_cache
+from isp_search.train.step import (
+    FrozenNets,
+    GeneratorStepOptions,
+    build_discriminators,
+    discriminator_step,
+    generator_step,
+)
 
 Report = Callable[[int, dict[str, Any], str], None]
 # The batch keys a training step reads: only these travel to the device (raw, paired_target, index stay behind).
@@ -37,7 +49,6 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        from isp_search.errors import UserError
 
         raise UserError("train.device: cuda asked for, but no CUDA device is available; use auto or cpu")
     return torch.device(name)
@@ -52,7 +63,6 @@ def train(cfg: TrainConfig, run_dir: str | Path, report: Report | None = None,
     """
     t_start = time.time()
     if cfg.mode in GAN_MODES and not cfg.model.init_from and resume is None and not cfg.model.allow_scratch:
-        from isp_search.configio import ConfigError
 
         raise ConfigError(f"model.init_from: a {cfg.mode} (GAN) stage starts from a pretrained generator; set "
                           "model.init_from to the pretrain run, or model.allow_scratch: true to start from random")
@@ -76,7 +86,6 @@ def train(cfg: TrainConfig, run_dir: str | Path, report: Report | None = None,
     preset = cfg.model.preset or spec.preset
     gen = spec.build().to(device)
     if cfg.model.init_from and resume is None:
-        from isp_search.models.checkpoint import load_generator
 
         gen.load_state_dict(load_generator(cfg.model.init_from, arch=cfg.model.arch).model.state_dict())
     multipliers = {t: cfg.multiplier(t) for t in cfg.active_terms}
@@ -84,7 +93,6 @@ def train(cfg: TrainConfig, run_dir: str | Path, report: Report | None = None,
     nets = FrozenNets(cfg.active_terms, cfg.backbone_weights, cfg.features.vit_img_size, cfg.features.input).to(device)
     out_hw = tuple(train_ds[0]["reference"].shape[-2:])
     discs = build_discriminators(cfg.active_terms, nets, out_hw, content_lab, device)
-    from isp_search.train.real_cache import open_real_cache
 
     real_cache = open_real_cache(cfg, train_ds, nets, device, "bfloat16" if cuda and cfg.train.amp else "float32")
     if cuda and cfg.train.channels_last:
@@ -100,6 +108,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, report: Report | None = None,
             groups[g] = (terms, torch.optim.Adam(params, lr=lr, betas=(b1, b2)), every)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if (cuda and cfg.train.amp) else (
         contextlib.nullcontext)
+    step_opts = GeneratorStepOptions(content_lab, cfg.losses.dla, cfg.losses.dla_eps, cfg.content_vs_reference,
+                                     autocast(), real_cache=real_cache)
 
     # ---- resume ------------------------------------------------------------------------------------------------
     order = st.BatchOrder(len(train_ds), cfg.train.batch_size, cfg.train.seed)
@@ -122,10 +132,11 @@ def train(cfg: TrainConfig, run_dir: str | Path, report: Report | None = None,
     train_ds.set_epoch(order.epoch)
     start_step = step
 
-    from isp_search.metrics import Evaluator
-    from torch.utils.tensorboard import SummaryWriter
+
 
     evaluator = Evaluator(("psnr", "ssim", "lpips"), cfg.backbone_weights, device)
+    # deferred: tensorboard imports TensorFlow when it is installed (seconds, and triton crashes after it)
+
     tb = SummaryWriter(str(run_dir / "tb"), purge_step=step)
     log = (run_dir / "metrics.jsonl").open("a")
 
@@ -147,7 +158,6 @@ def train(cfg: TrainConfig, run_dir: str | Path, report: Report | None = None,
                                     backbone_weights=cfg.backbone_weights, config=to_dict(cfg))
 
     # ---- the loop ----------------------------------------------------------------------------------------------
-    from isp_search.progress import Progress
 
     status, reason = "completed", None
     bar = Progress(cfg.train.steps, "train", unit="step", initial=step, enabled=cfg.train.progress)  # bar only on a tty
@@ -166,10 +176,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, report: Report | None = None,
         # ids (index, target_index) stay on the CPU: they key the real-feature cache
         batch = {k: v.to(device, non_blocking=True) if k in STEP_KEYS else v for k, v in batch.items()}
         t1 = time.perf_counter()
-        metrics, br = generator_step(gen, g_opt, batch, nets, discs, multipliers, content_lab, cfg.losses.dla,
-                                     cfg.losses.dla_eps, autocast(), content_ref=cfg.content_vs_reference,
-                                     d_terms=[t for ts, _, every in groups.values() if (step + 1) % every == 0
-                                              for t in ts], real_cache=real_cache)
+        d_terms = [t for ts, _, every in groups.values() if (step + 1) % every == 0 for t in ts]
+        metrics, br = generator_step(gen, g_opt, batch, nets, discs, multipliers, replace(step_opts, d_terms=d_terms))
         if "nonfinite" in metrics:
             status, reason = "diverged", f"non-finite {metrics['nonfinite']} at step {step + 1}"
             emit("train", step + 1, {k: v for k, v in metrics.items() if k != "nonfinite"} | {"diverged": 1})

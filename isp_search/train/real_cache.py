@@ -26,7 +26,9 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
+from PIL import Image
 
+from isp_search.data.cache import default_cache_dir
 from isp_search.errors import UserError
 
 FORMAT_VERSION = 1
@@ -39,7 +41,6 @@ Features = torch.Tensor | tuple[torch.Tensor, ...]
 
 def default_root() -> Path:
     """``$ISP_SEARCH_REAL_CACHE``, else ``real-features`` beside the reference cache folder."""
-    from isp_search.data.cache import default_cache_dir
 
     env = os.environ.get("ISP_SEARCH_REAL_CACHE")
     return Path(env) if env else default_cache_dir().with_name("real-features")
@@ -193,7 +194,6 @@ def check_fixed_targets(ds: Any) -> None:
     refuse the cache then (the real features would change from draw to draw)."""
     if ds.pairing_mode == "paired" or ds.references is None:
         return
-    from PIL import Image
 
     sizes = {tuple(s) for s in ds.references.shapes}
     for p in ds.listing.rgb_pool:

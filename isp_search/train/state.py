@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from isp_search.errors import UserError
-from isp_search.models.checkpoint import save_generator
+from isp_search.hashing import file_sha256
+from isp_search.models.checkpoint import resolve_checkpoint_path, save_generator
 
 
 class BatchOrder:
@@ -83,8 +84,6 @@ def checkpoint_sha256(init_from: str | None) -> str | None:
     """sha256 of the checkpoint file ``init_from`` resolves to (run.json records what a run started from)."""
     if not init_from or "://" in init_from:
         return None
-    from isp_search.hashing import file_sha256
-    from isp_search.models.checkpoint import resolve_checkpoint_path
 
     return file_sha256(resolve_checkpoint_path(init_from))
 

@@ -7,17 +7,28 @@ the leaf copy ŷ of the generator output) and the real features (no gradient); t
 from __future__ import annotations
 
 import contextlib
+import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import Callable, Collection, Mapping
 
 import torch
 from torch import nn
 
+from isp_search.metrics import build_dists, build_lpips
 from isp_search.train import dla
 from isp_search.train.discriminators import create_discriminator
 from isp_search.train.features import LPIPSAlexTrunk, VGGRelu54, ViTTokens
 from isp_search.train.losses import (
-    LOSSES, blur, color_loss, grayscale, lab_lightness3, mse, relativistic_d, relativistic_g, tv_loss,
+    LOSSES,
+    blur,
+    color_loss,
+    grayscale,
+    lab_lightness3,
+    mse,
+    relativistic_d,
+    relativistic_g,
+    tv_loss,
     zero_centered_penalty,
 )
 from isp_search.train.real_cache import CACHED_BRANCHES, RealCache
@@ -33,7 +44,6 @@ class FrozenNets(nn.Module):
                  inputs: str = "reference") -> None:
         """``inputs``: ``features.input`` (reference | normalized) of the discriminators' ViT and AlexNet."""
         super().__init__()
-        from isp_search.metrics import build_dists, build_lpips
 
         needed = {BRANCH_NET[LOSSES.get(t).branch] for t in terms if LOSSES.get(t).branch}
         builders: dict[str, Callable[[], nn.Module]] = {
@@ -127,7 +137,6 @@ class _Clock:
     """Adds the seconds since the previous lap to ``timer[name]`` (no-op without a timer)."""
 
     def __init__(self, timer: dict[str, float] | None) -> None:
-        import time
 
         self.timer, self.now = timer, time.perf_counter
         self.t = self.now()
@@ -193,34 +202,57 @@ def build_discriminators(terms: tuple[str, ...], nets: FrozenNets, out_hw: tuple
     return discs
 
 
+@dataclass(frozen=True)
+class GeneratorStepOptions:
+    """How :func:`generator_step` combines the losses (from the training config) and what it reuses."""
+
+    content_lab: bool  # the content term on LAB lightness (else RGB)
+    adapt: bool = True  # Dynamic Loss Adaptation (else the plain weighted sum)
+    eps: float = 1e-8  # DLA's eps
+    content_ref: bool | None = None  # the content term against the demosaiced reference (None: the mode's default)
+    autocast: contextlib.AbstractContextManager | None = None  # bf16 on CUDA
+    d_terms: Collection[str] = ()  # the adversarial terms whose D steps after this step (D(real) kept for it)
+    real_cache: RealCache | None = None  # where the real-branch features are read from (features.cache_real)
+    textbook_dla: bool = False  # bench-train --against-naive: per-term backwards through the frozen networks
+
+
+@dataclass
+class StepProbes:
+    """What bench-train measures inside a step: backward passes per branch and seconds per phase."""
+
+    counter: Counter | None = None
+    timer: dict[str, float] | None = None
+
+
 def generator_step(gen: nn.Module, g_opt: torch.optim.Optimizer, batch: Mapping[str, torch.Tensor],
                    nets: FrozenNets, discs: Mapping[str, nn.Module], multipliers: Mapping[str, float],
-                   content_lab: bool, adapt: bool = True, eps: float = 1e-8,
-                   autocast: contextlib.AbstractContextManager | None = None,
-                   counter: Counter | None = None, timer: dict[str, float] | None = None,
-                   content_ref: bool | None = None, d_terms: Collection[str] = (),
-                   real_cache: RealCache | None = None) -> tuple[dict[str, float], Branches | None]:
+                   opts: GeneratorStepOptions, probes: StepProbes | None = None,
+                   ) -> tuple[dict[str, float], Branches | None]:
     """Forward, losses, DLA, one Adam step. Returns metrics and the feature cache (for the D step); on a
     non-finite loss or gradient nothing is updated and ``metrics["nonfinite"]`` names the culprit.
-    ``timer`` (bench-train) accumulates seconds per phase: generator, frozen_forward, backward, optimizer.
-    ``d_terms``: the adversarial terms whose discriminators step after this step (their D(real) is kept for it);
-    ``real_cache``: where the real-branch features are read from (``features.cache_real``)."""
-    clock = _Clock(timer)
+    ``probes.timer`` (bench-train) accumulates seconds per phase: generator, frozen_forward, backward, optimizer."""
+    probes = probes or StepProbes()
+    clock = _Clock(probes.timer)
     gen.train()
     params = [p for p in gen.parameters() if p.requires_grad]
     y = gen(batch["input"]).float()
-    y_leaf = y.detach().requires_grad_(True)
+    # the frozen networks read a leaf copy of the output: DLA's per-term gradients stop there (docs/method.md §5)
+    y_leaf = y if opts.textbook_dla else y.detach().requires_grad_(True)
     clock.lap("generator")
-    br = Branches(nets, y_leaf, batch, content_lab, autocast, counter, content_ref, real_cache, d_terms)
+    br = Branches(nets, y_leaf, batch, opts.content_lab, opts.autocast, probes.counter, opts.content_ref,
+                  opts.real_cache, () if opts.textbook_dla else opts.d_terms)
     losses = {t: term_loss(t, br, discs) for t in multipliers}
     clock.lap("frozen_forward")
     bad = [t for t, v in losses.items() if not torch.isfinite(v)]
     if bad:
         return {f"loss/{t}": float(v.detach()) for t, v in losses.items()} | {"nonfinite": bad[0]}, None
-    branch_of = {t: LOSSES.get(t).branch for t in losses}
-    nested = {b: f for b, f in br._fake.items() if isinstance(f, tuple)}  # the AlexNet trunk's (relu1, relu4)
-    grads, metrics = dla.combine(y, y_leaf, losses, branch_of, params, multipliers, adapt, eps, features=nested,
-                                 output_of={t: LOSSES.get(t).output for t in losses})
+    if opts.textbook_dla:
+        grads, metrics = dla.combine_textbook(losses, params, multipliers, opts.adapt, opts.eps)
+    else:
+        branch_of = {t: LOSSES.get(t).branch for t in losses}
+        nested = {b: f for b, f in br._fake.items() if isinstance(f, tuple)}  # the AlexNet trunk's (relu1, relu4)
+        grads, metrics = dla.combine(y, y_leaf, losses, branch_of, params, multipliers, opts.adapt, opts.eps,
+                                     features=nested, output_of={t: LOSSES.get(t).output for t in losses})
     clock.lap("backward")
     if not all(torch.isfinite(g).all() for g in grads):
         return metrics | {"nonfinite": "generator gradient"}, None

@@ -1,19 +1,19 @@
 """Probes of a trained unpaired GAN's mechanism, on held-out images (``isp-search check-method``).
 
 The colour distance of the learnability check says whether the method reached the target look; these say whether
-it got there the way SPEC §4–§5 say, from the trained generator and discriminators of a run's ``last.pt``:
+it got there the way docs/method.md §4.7–§5 say, from the trained generator and discriminators of a run's ``last.pt``:
 
 - **margin**: D(real) − D(fake) of every discriminator on the held-out target-domain images and the generator's
   outputs for the held-out RAW — a discriminator that learned its job scores the target domain higher;
 - **penalty**: R1 and R2 as they hold on those images, (γ/2)·E‖∇ₓD(x)‖² at the real and the fake *feature
   tensors* x each discriminator reads (what the zero-centred penalties keep small);
 - **D update**: the gradient the trainer's own discriminator step hands its optimiser, against the gradient of
-  SPEC §4's loss written here, E[softplus(−(D(real) − D(fake)))] + R1 + R2 on the feature tensors (relative error
-  ~0 when the step is what the SPEC says; large if the penalty is on the images, the roles are swapped or no
+  docs/method.md §4.7's loss written here, E[softplus(−(D(real) − D(fake)))] + R1 + R2 on the feature tensors (relative error
+  ~0 when the step is what docs/method.md §4.7 says; large if the penalty is on the images, the roles are swapped or no
   gradient reaches the optimiser);
 - **DLA share**: the gradient the trainer's own generator step hands its optimiser, decomposed on each term's own
   parameter gradient ∇θLᵢ (computed here through the whole graph, not by :mod:`isp_search.train.dla`) as
-  Σ cᵢ∇θLᵢ; ``cᵢ·‖∇θLᵢ‖ / mᵢ`` is term i's share. SPEC §5's wᵢ = mᵢ/(‖∇θLᵢ‖ + eps) makes it
+  Σ cᵢ∇θLᵢ; ``cᵢ·‖∇θLᵢ‖ / mᵢ`` is term i's share. docs/method.md §5's wᵢ = mᵢ/(‖∇θLᵢ‖ + eps) makes it
   ‖∇θLᵢ‖/(‖∇θLᵢ‖ + eps) (1 but for a term with a tiny gradient); a plain sum makes it ‖∇θLᵢ‖, and a flipped
   adversarial gradient makes the adversarial shares negative.
 """
@@ -26,14 +26,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
+from isp_search.models.checkpoint import load_generator
 from isp_search.train.losses import LOSSES
+from isp_search.train.step import (
+    Branches,
+    FrozenNets,
+    GeneratorStepOptions,
+    _pick,
+    build_discriminators,
+    discriminator_step,
+    generator_step,
+    term_loss,
+)
 
 
 def load_trained(run_dir: Path, cfg) -> dict[str, Any]:
     """The trained generator and discriminators of ``run_dir/checkpoints/last.pt`` with the run's frozen nets."""
-    from isp_search.models.checkpoint import load_generator
-    from isp_search.train.step import FrozenNets, build_discriminators
 
     last = Path(run_dir) / "checkpoints" / "last.pt"
     gen = load_generator(last).model
@@ -61,7 +71,6 @@ class _GradCapture(torch.optim.Optimizer):
 
 
 def _features(nets, term: str, img: torch.Tensor) -> torch.Tensor:
-    from isp_search.train.step import Branches, _pick
 
     spec = LOSSES.get(term)
     br = Branches(nets, img, {"target": img, "reference": img}, False)
@@ -92,10 +101,8 @@ def margins_and_penalties(trained: Mapping[str, Any], batch: Mapping[str, torch.
 
 def d_update_errors(trained: Mapping[str, Any], batch: Mapping[str, torch.Tensor], gamma: float) -> dict[str, float]:
     """Per discriminator: ‖u − g‖ / ‖g‖, where u is the gradient one :func:`discriminator_step` (no clipping, on a
-    copy) hands its optimiser on ``batch`` and g the gradient of the SPEC §4 loss computed here."""
-    import torch.nn.functional as F
+    copy) hands its optimiser on ``batch`` and g the gradient of the docs/method.md §4.7 loss computed here."""
 
-    from isp_search.train.step import Branches, discriminator_step
 
     gen, nets = trained["gen"].eval(), trained["nets"]
     with torch.no_grad():
@@ -123,9 +130,8 @@ def d_update_errors(trained: Mapping[str, Any], batch: Mapping[str, torch.Tensor
 def dla_shares(trained: Mapping[str, Any], batch: Mapping[str, torch.Tensor], cfg) -> dict[str, dict[str, float]]:
     """Each generator term's share of the update direction the trainer's :func:`generator_step` hands its
     optimiser (on a copy of the trained generator), Σ cᵢ∇θLᵢ, is solved for cᵢ by least squares on the terms'
-    own gradients, and the share is cᵢ·‖∇θLᵢ‖ / mᵢ; ``expected`` is what SPEC §5 makes it (with DLA: ‖∇θLᵢ‖/(‖∇θLᵢ‖ + eps),
+    own gradients, and the share is cᵢ·‖∇θLᵢ‖ / mᵢ; ``expected`` is what docs/method.md §5 makes it (with DLA: ‖∇θLᵢ‖/(‖∇θLᵢ‖ + eps),
     every term reaching the generator with norm ≈ mᵢ; without: ‖∇θLᵢ‖)."""
-    from isp_search.train.step import Branches, generator_step, term_loss
 
     nets, discs = trained["nets"], trained["discs"]
     multipliers = {t: cfg.multiplier(t) for t in cfg.active_terms}
@@ -138,8 +144,8 @@ def dla_shares(trained: Mapping[str, Any], batch: Mapping[str, torch.Tensor], cf
         grads = torch.autograd.grad(term_loss(t, br, discs), params, allow_unused=True)
         own.append(torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for p, g in zip(params, grads)]))
     cap = _GradCapture(params)
-    metrics, _ = generator_step(gen, cap, batch, nets, discs, multipliers, cfg.content_lab, cfg.losses.dla,
-                                cfg.losses.dla_eps, content_ref=cfg.content_vs_reference)
+    opts = GeneratorStepOptions(cfg.content_lab, cfg.losses.dla, cfg.losses.dla_eps, cfg.content_vs_reference)
+    metrics, _ = generator_step(gen, cap, batch, nets, discs, multipliers, opts)
     if "nonfinite" in metrics or cap.grad is None:
         raise RuntimeError(f"DLA probe: no generator update ({metrics.get('nonfinite', 'step not taken')})")
     update = cap.grad

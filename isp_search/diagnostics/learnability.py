@@ -9,9 +9,9 @@ structure. Measured on the val split (scenes the training never saw), whose know
 under the same look: the distance between the mean CIE LAB (L, a*, b*) of the outputs and of those answers before
 and after the unpaired stage, and the SSIM of the output's luminance to the reference's.
 
-Then :mod:`isp_search.train.mechanism` probes the trained models on the val split: each discriminator's margin
-D(real) − D(fake), each discriminator update against SPEC §4's loss (R1/R2 on the feature tensors) and each
-generator term's DLA share (SPEC §5). :func:`verdict` passes the check only if all of them hold: a GAN that is
+Then :mod:`isp_search.diagnostics.mechanism` probes the trained models on the val split: each discriminator's margin
+D(real) − D(fake), each discriminator update against docs/method.md §4.7's loss (R1/R2 on the feature tensors) and each
+generator term's DLA share (docs/method.md §5). :func:`verdict` passes the check only if all of them hold: a GAN that is
 broken so that the colour still moves (real and fake swapped in both losses, DLA not applied, R1/R2 on the
 images) fails on its mechanism; one broken so that it does not (real and fake swapped in one loss, the
 discriminators not learning, the adversarial gradient reversed) fails on the distance as well.
@@ -20,12 +20,23 @@ discriminators not learning, the adversarial gradient reversed) fails on the dis
 from __future__ import annotations
 
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import kornia
 import numpy as np
 import torch
+
+from isp_search.data.io import read_rgb, write_rgb
+from isp_search.data.synth import synthesize
+from isp_search.diagnostics.mechanism import probe
+from isp_search.models.checkpoint import load_generator
+from isp_search.ssim import ssim
+from isp_search.train.config import apply_overrides, train_config_from_dict
+from isp_search.train.loop import make_datasets, train
+from isp_search.train.losses import LOSSES
 
 CAST_GAINS = (1.18, 1.0, 0.72)  # a warm cast (more red, less blue) in linear-ish RGB
 TONE_GAMMA = 0.75  # a brightening tone curve y = x ** 0.75 after the cast
@@ -58,7 +69,7 @@ MOVE_BELOW = 0.6  # the distance late in the unpaired stage is below this fracti
 SSIM_SLACK = 0.1  # structure kept: the outputs' SSIM(L) to the reference at least the lower of the pretrained
 # start's and the known answer's own, less this (the answer is the ground truth under the look: its SSIM(L) to the
 # noisy RAW's reference is itself 0.47-0.73 by seed, and the tone curve moves L away from the reference's)
-D_UPDATE_TOL = 1e-3  # relative error of a discriminator update against SPEC §4's gradient
+D_UPDATE_TOL = 1e-3  # relative error of a discriminator update against docs/method.md §4.7's gradient
 DLA_TOL = 1e-3  # |share − ‖∇θLᵢ‖/(‖∇θLᵢ‖ + eps)| of every generator term with DLA on
 
 SIZES = {"full": CheckSize(), "small": CheckSize(n_train=16, n_val=4, pretrain_steps=200, unpaired_steps=60)}
@@ -66,8 +77,6 @@ SIZES = {"full": CheckSize(), "small": CheckSize(n_train=16, n_val=4, pretrain_s
 
 def build_problem(root: Path, size: CheckSize, seed: int = 0) -> Path:
     """Synthesize the RAW/RGB set at ``root`` and replace every RGB file by its :func:`target_look` version."""
-    from isp_search.data.io import read_rgb, write_rgb
-    from isp_search.data.synth import synthesize
 
     synthesize(root, "mai2022", n_train=size.n_train, n_val=size.n_val, n_test=2, seed=seed, size=size.image)
     for path in sorted(root.glob("*/fujifilm/*.png")):
@@ -77,7 +86,6 @@ def build_problem(root: Path, size: CheckSize, seed: int = 0) -> Path:
 
 def configs(root: Path, size: CheckSize, seed: int = 0) -> tuple[Any, Any]:
     """The pretrain and unpaired :class:`TrainConfig` of the check (random frozen networks, CPU)."""
-    from isp_search.train.config import train_config_from_dict
 
     common = {"backbone_weights": "random",
               "data": {"root": str(root), "format": "mai2022", "patch_size": size.patch, "eval_limit": size.n_val},
@@ -103,16 +111,13 @@ def configs(root: Path, size: CheckSize, seed: int = 0) -> tuple[Any, Any]:
 
 def lab_means(images: torch.Tensor) -> torch.Tensor:
     """Mean CIE LAB (L, a*, b*) over every pixel of (N, 3, H, W) sRGB images in [0, 1]."""
-    import kornia
 
     return kornia.color.rgb_to_lab(images.clamp(0, 1)).mean(dim=(0, 2, 3))
 
 
 def luminance_ssim(a: torch.Tensor, b: torch.Tensor) -> float:
     """Mean SSIM (TF settings) of the LAB L channels (/100) of two image batches."""
-    import kornia
 
-    from isp_search.ssim import ssim
 
     la = (kornia.color.rgb_to_lab(a.clamp(0, 1))[:, :1] / 100).expand(-1, 3, -1, -1)
     lb = (kornia.color.rgb_to_lab(b.clamp(0, 1))[:, :1] / 100).expand(-1, 3, -1, -1)
@@ -124,7 +129,6 @@ def measure(checkpoint: Path, held_out: dict[str, torch.Tensor], target_lab: tor
     """Distance of the generator's mean LAB on the held-out batch to the target domain's, luminance SSIM to the
     reference, and PSNR to the known answer (``held_out["target"]``: each val scene's ground truth under the look).
     ``checkpoint``: a ``.pt`` file."""
-    from isp_search.models.checkpoint import load_generator
 
     gen = load_generator(checkpoint).model.eval()
     out = gen(held_out["input"]).clamp(0, 1)
@@ -140,11 +144,7 @@ def check_method(size: str | CheckSize = "full", work_dir: str | Path | None = N
     """Run the check; returns the before/after measurements and the target domain's LAB means.
 
     ``config_overrides``: dotted keys applied to the unpaired config (to probe variants)."""
-    import time
 
-    from isp_search.train.config import apply_overrides
-    from isp_search.train.loop import make_datasets, train
-    from isp_search.train.mechanism import probe
 
     t0 = time.time()
     sz = SIZES[size] if isinstance(size, str) else size
@@ -197,7 +197,6 @@ def check_method(size: str | CheckSize = "full", work_dir: str | Path | None = N
 
 def verdict(res: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Each criterion of the check: ``{"ok": bool, "detail": str}`` (see the constants above for the bounds)."""
-    from isp_search.train.losses import LOSSES
 
     b, a = res["before"], res["late"]
     out = {
@@ -226,14 +225,14 @@ def verdict(res: dict[str, Any]) -> dict[str, dict[str, Any]]:
                                  "texture gap to find here and are shown only)"}
     err = mech["d_update_error"]
     out["d_update"] = {"ok": all(e < D_UPDATE_TOL for e in err.values()),
-                       "detail": "relative error vs SPEC §4 (R1/R2 on features) " + ", ".join(
+                       "detail": "relative error vs docs/method.md §4.7 (R1/R2 on features) " + ", ".join(
                            f"{t.removeprefix('adv_')} {e:.1e}" for t, e in err.items()) + f" (< {D_UPDATE_TOL:g})"}
     sh = mech["dla_share"]
     if res.get("dla", True):
         out["dla"] = {"ok": all(abs(v["share"] - v["expected"]) < DLA_TOL for v in sh.values()),
                       "detail": "share of the update " + ", ".join(
                           f"{t.removeprefix('adv_')} {v['share']:.4f}" for t, v in sh.items())
-                                + f" (each ‖g‖/(‖g‖+eps) within {DLA_TOL:g}: SPEC §5)"}
+                                + f" (each ‖g‖/(‖g‖+eps) within {DLA_TOL:g}: docs/method.md §5)"}
     return out
 
 

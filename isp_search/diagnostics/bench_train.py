@@ -6,9 +6,10 @@ paper's settings however few steps are timed. Floor = for each frozen branch, it
 fake images plus one backward through the fake branch. FLOPs come from ``torch.utils.flop_counter`` with CPU
 attention (SDPA) counted too; backward passes through each frozen branch are counted with hooks.
 
-``against_naive``: the textbook DLA timed beside ours in the same run, on the same batches — for every term a
-backward through its frozen network to the generator parameters (for its norm), then one backward of the weighted
-total (and D steps that recompute D(real)); ``naive_ratio`` = its ms per step / ours. ``compare_cache``: ours also
+``against_naive``: the textbook DLA timed beside ours in the same run, on the same batches — the trainer's own step
+with ``textbook_dla``: for every term a backward through its frozen network to the generator parameters (for its
+norm), then one backward of the weighted total (and D steps that recompute D(real)); ``naive_ratio`` = its ms per
+step / ours. ``compare_cache``: ours also
 with ``features.cache_real`` (a temporary cache, filled before timing).
 """
 
@@ -24,12 +25,21 @@ from typing import Any, Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from isp_search.train.config import TrainConfig
-from isp_search.train.dla import global_norm
-from isp_search.train.losses import LOSSES, discriminator_loss
+from isp_search.configio import to_dict
+from isp_search.data.datasets import make_datasets
+from isp_search.train.config import TrainConfig, train_config_from_dict
+from isp_search.train.loop import STEP_KEYS, pick_device
+from isp_search.train.losses import LOSSES
 from isp_search.train.real_cache import CACHED_BRANCHES, RealCache, open_real_cache
 from isp_search.train.step import (
-    BRANCH_NET, Branches, FrozenNets, build_discriminators, discriminator_step, generator_step, term_loss,
+    BRANCH_NET,
+    Branches,
+    FrozenNets,
+    GeneratorStepOptions,
+    StepProbes,
+    build_discriminators,
+    discriminator_step,
+    generator_step,
 )
 
 _aten = torch.ops.aten
@@ -75,61 +85,10 @@ def floor_flops(nets: FrozenNets, batch: dict[str, torch.Tensor], y: torch.Tenso
     return out
 
 
-def naive_generator_step(gen, g_opt, batch, nets, discs, multipliers, content_lab, adapt=True, eps=1e-8,
-                         counter=None, timer=None, content_ref=None, **_) -> tuple[dict[str, float], Branches]:
-    """The textbook DLA: per term a backward through its frozen network to the generator parameters (its norm),
-    then one backward of Σ wᵢ Lᵢ; the same losses and weights as :func:`generator_step` (its signature)."""
-    t0 = time.perf_counter()
-    params = [p for p in gen.parameters() if p.requires_grad]
-    y = gen(batch["input"]).float()
-    br = Branches(nets, y, batch, content_lab, counter=counter, content_ref=content_ref)
-    losses = {t: term_loss(t, br, discs) for t in multipliers}
-    t1 = time.perf_counter()
-    weights = {}
-    for t, loss in losses.items():
-        if not adapt:
-            weights[t] = multipliers[t]
-            continue
-        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-        norm = float(global_norm([torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]))
-        weights[t] = multipliers[t] / (norm + eps)
-    total = sum(weights[t] * loss for t, loss in losses.items())
-    for p, g in zip(params, torch.autograd.grad(total, params, allow_unused=True)):
-        p.grad = g
-    t2 = time.perf_counter()
-    g_opt.step()
-    g_opt.zero_grad(set_to_none=True)
-    if timer is not None:
-        for k, v in (("forward", t1 - t0), ("backward", t2 - t1), ("optimizer", time.perf_counter() - t2)):
-            timer[k] = timer.get(k, 0.0) + v
-    return {"loss/total": float(total.detach())}, br
-
-
-def naive_discriminator_step(group_terms, br, discs, d_opt, gamma, clip) -> dict[str, float]:
-    """The textbook D step: D(real) recomputed inside the D loss."""
-    total = sum(discriminator_loss(discs[t], _feature(br.real, t), _feature(br.fake, t), gamma)[0]
-                for t in group_terms)
-    d_opt.zero_grad(set_to_none=True)
-    total.backward()
-    for t in group_terms:
-        if clip is not None:
-            torch.nn.utils.clip_grad_norm_(discs[t].parameters(), clip)
-    d_opt.step()
-    return {}
-
-
-def _feature(get: Callable[[str], Any], term: str) -> torch.Tensor:
-    spec = LOSSES.get(term)
-    f = get(spec.branch)
-    return f if spec.output is None else f[spec.output]
-
-
 class _Setup:
     """What every variant shares: data, generator, frozen networks, discriminators, optimisers."""
 
     def __init__(self, cfg: TrainConfig) -> None:
-        from isp_search.train.loop import STEP_KEYS, make_datasets, pick_device
-
         self.cfg, self.device = cfg, pick_device(cfg.train.device)
         self.ds = make_datasets(cfg)["train"]
         self.gen = self.ds.spec.build().to(self.device)
@@ -161,15 +120,15 @@ class _Setup:
                 yield {k: v.to(self.device) if k in self.keys else v for k, v in b.items()}
 
     def g_step(self, batch, naive: bool, cache: RealCache | None, counter=None, timer=None):
-        fn = naive_generator_step if naive else generator_step
-        return fn(self.gen, self.g_opt, batch, self.nets, self.discs, self.mult, self.lab, self.cfg.losses.dla,
-                  self.cfg.losses.dla_eps, counter=counter, timer=timer, content_ref=self.ref,
-                  d_terms=self.d_terms, real_cache=cache)[1]
+        """The trainer's generator step; ``naive``: with the textbook DLA (whose D steps recompute D(real))."""
+        opts = GeneratorStepOptions(self.lab, self.cfg.losses.dla, self.cfg.losses.dla_eps, self.ref,
+                                    d_terms=self.d_terms, real_cache=cache, textbook_dla=naive)
+        return generator_step(self.gen, self.g_opt, batch, self.nets, self.discs, self.mult, opts,
+                              StepProbes(counter, timer))[1]
 
     def d_step(self, g: str, br: Branches, naive: bool) -> None:
         ts, opt, _ = self.groups[g]
-        (naive_discriminator_step if naive else discriminator_step)(ts, br, self.discs, opt, self.cfg.losses.r_gamma,
-                                                                     self.cfg.optim.d_clip)
+        discriminator_step(ts, br, self.discs, opt, self.cfg.losses.r_gamma, self.cfg.optim.d_clip)
 
     def fill(self, cache: RealCache) -> float:
         """One pass over the training split through the cached real branches; returns seconds."""
@@ -228,8 +187,6 @@ def bench_train(cfg: TrainConfig, steps: int = 5, against_naive: bool = False,
     """Profile ``steps`` training steps of ``cfg`` (see the module docstring); returns one flat-ish dict. The
     variants take turns on the same batches, step by step, so a change in machine load hits them alike."""
     if compare_cache:
-        from isp_search.configio import to_dict
-        from isp_search.train.config import train_config_from_dict
 
         train_config_from_dict(to_dict(replace(cfg, features=replace(cfg.features, cache_real=True))),
                                name="bench-train --compare-cache")  # refuses augmented / cropped data (one line)

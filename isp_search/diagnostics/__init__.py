@@ -1,0 +1,3 @@
+"""Diagnostics of the trainer, kept out of ``train/``: ``bench-train`` (where a step's time and FLOPs go),
+``check-method`` (the method learns a known answer: :mod:`.learnability`) and its mechanism probes
+(:mod:`.mechanism`). Each imports the trainer and steps through its own step functions."""

@@ -1,0 +1,75 @@
+"""The package's import graph: no cycle, and no import inside a function except a deliberate deferral of a heavy
+optional library (TensorFlow, onnx2tf, LiteRT, ONNX Runtime, qai-hub) or of TensorBoard, each with a
+``# deferred:`` comment on the line above saying why."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "isp_search"
+DEFERRABLE = {"tensorflow", "onnx2tf", "ai_edge_litert", "onnxruntime", "qai_hub", "torch.utils.tensorboard"}
+
+
+def _module(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(tree: ast.AST, local: bool) -> list[ast.stmt]:
+    """Import statements at module level (``local=False``) or inside functions (``local=True``)."""
+    found: list[ast.stmt] = []
+
+    def visit(node: ast.AST, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            inner = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef))
+            if isinstance(child, (ast.Import, ast.ImportFrom)) and in_function == local:
+                found.append(child)
+            visit(child, inner)
+
+    visit(tree, False)
+    return found
+
+
+def _targets(node: ast.stmt, modules: set[str]) -> set[str]:
+    """The package modules an import statement loads (a ``from pkg import sub`` names the submodule)."""
+    if isinstance(node, ast.Import):
+        return {a.name for a in node.names if a.name in modules}
+    base = node.module or ""
+    out = {base} if base in modules else set()
+    out |= {f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in modules}
+    return out
+
+
+def test_no_import_cycle():
+    files = {_module(p): p for p in PACKAGE.rglob("*.py")}
+    graph = {m: set() for m in files}
+    for m, p in files.items():
+        for node in _imports(ast.parse(p.read_text()), local=False):
+            graph[m] |= _targets(node, set(files)) - {m}
+    state: dict[str, int] = {}
+
+    def walk(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for n in sorted(graph[m]):
+            assert state.get(n) != 1, "import cycle: " + " -> ".join([*path[path.index(n):], n])
+            if n not in state:
+                walk(n, [*path, n])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            walk(m, [m])
+
+
+def test_function_level_imports_are_deliberate_deferrals():
+    bad = []
+    for p in sorted(PACKAGE.rglob("*.py")):
+        lines = p.read_text().splitlines()
+        for node in _imports(ast.parse("\n".join(lines)), local=True):
+            name = node.names[0].name if isinstance(node, ast.Import) else node.module or ""
+            heavy = any(name == d or name.startswith(d + ".") for d in DEFERRABLE)
+            commented = node.lineno >= 2 and "# deferred:" in lines[node.lineno - 2]
+            if not (heavy and commented):
+                bad.append(f"{p.relative_to(PACKAGE.parent)}:{node.lineno}: {lines[node.lineno - 1].strip()}")
+    assert not bad, "imports inside functions:\n" + "\n".join(bad)
