@@ -73,3 +73,15 @@ def test_function_level_imports_are_deliberate_deferrals():
             if not (heavy and commented):
                 bad.append(f"{p.relative_to(PACKAGE.parent)}:{node.lineno}: {lines[node.lineno - 1].strip()}")
     assert not bad, "imports inside functions:\n" + "\n".join(bad)
+
+
+def test_heavy_optional_libraries_load_only_where_used():
+    """TensorFlow (also through TensorBoard or onnx2tf) at module level would load it in every process that imports
+    the module: seconds each, and triton (torchvision's compiler) crashes once TensorFlow is in."""
+    bad = []
+    for p in sorted(PACKAGE.rglob("*.py")):
+        for node in _imports(ast.parse(p.read_text()), local=False):
+            name = node.names[0].name if isinstance(node, ast.Import) else node.module or ""
+            if any(name == d or name.startswith(d + ".") for d in DEFERRABLE):
+                bad.append(f"{p.relative_to(PACKAGE.parent)}:{node.lineno}: {name}")
+    assert not bad, bad

@@ -30,6 +30,8 @@ from isp_search.export.onnx_export import example_input, export_onnx
 from isp_search.hashing import file_sha256
 from isp_search.models.checkpoint import LoadedGenerator, load_generator
 
+N_CALIB = 8  # batches of real patches the int8 converter calibrates on
+
 FORMATS = ("onnx", "tflite", "tflite_fp16", "tflite_int8")
 FILE_NAMES = {"onnx": "model.onnx", "tflite": "model_fp32.tflite", "tflite_fp16": "model_fp16.tflite",
               "tflite_int8": "model_int8.tflite"}
@@ -139,8 +141,8 @@ def preset_gate(loaded: LoadedGenerator, calib: tuple[str, str], shape: tuple[in
 
 def export_model(source: LoadedGenerator | str | os.PathLike, out_dir: str | os.PathLike,
                  formats: list[str] = FORMATS, size: tuple[int, int] = (1088, 1920),
-                 calib: tuple[str, str] | None = None, arch: str | None = None, n_calib: int = 8,
-                 preset: str | None = None, fold_dcr: bool = True, locate_failures: bool = True) -> ExportResult:
+                 calib: tuple[str, str] | None = None, arch: str | None = None, preset: str | None = None,
+                 fold_dcr: bool = True) -> ExportResult:
     """Export ``source`` (a loaded generator, checkpoint, run folder or paper state_dict) and gate it.
 
     ``calib`` = (data root, format) supplies real patches: int8 calibrates on its train split, parity and the int8
@@ -188,7 +190,7 @@ def export_model(source: LoadedGenerator | str | os.PathLike, out_dir: str | os.
         calib_nhwc = None
         if "tflite_int8" in tfl:
             ds_cal = _dataset(loaded, *calib, ("train",))
-            calib_nhwc = _nhwc(real_batch(ds_cal, tuple(x_rand.shape), n_calib)[0])
+            calib_nhwc = _nhwc(real_batch(ds_cal, tuple(x_rand.shape), N_CALIB)[0])
             int8_info = data_identity(ds_cal)
         produced = T.convert(onnx_path, out, int8_calibration=calib_nhwc)
         del calib_nhwc
@@ -225,7 +227,7 @@ def export_model(source: LoadedGenerator | str | os.PathLike, out_dir: str | os.
                 g.detail += f"; {g.metrics['quality_drop_db']:.2f} dB below PyTorch against the targets"
             report.gates.append(g)
     failing = [g for g in report.failed if g.name.startswith("parity/") and not g.metrics.get("non_finite")]
-    if failing and locate_failures:
+    if failing:
         fmt, kind = failing[0].name.split("/")[1:]
         found = _locate(loaded, fmt, kind, inputs[kind][:1], onnx_path, paths.get(fmt), fold_dcr, size)
 

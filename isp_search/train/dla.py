@@ -14,17 +14,27 @@ relu4) — and each gᵢ is then pulled back through the small generator alone
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import Mapping
 
 import torch
 
 
-def output_gradients(losses: Mapping[str, torch.Tensor], branch_of: Mapping[str, str | None],
-                     y_leaf: torch.Tensor, features: Mapping[str, tuple[torch.Tensor, ...]] | None = None,
-                     output_of: Mapping[str, int | None] | None = None) -> dict[str, torch.Tensor]:
-    """gᵢ = ∂Lᵢ/∂ŷ for every term, with exactly one backward pass per branch. ``features[branch]``: a branch's
-    nested outputs (each computed from the one before) and ``output_of[term]`` the one a term reads: those
-    terms go down the network segment by segment (:func:`_nested_gradients`)."""
+@dataclass(frozen=True)
+class TermGraph:
+    """Which frozen branch each term reads, and for a branch with nested outputs (each computed from the one
+    before, e.g. the AlexNet trunk's relu1 and relu4) the outputs and the one each term reads."""
+
+    branch_of: Mapping[str, str | None]
+    features: Mapping[str, tuple[torch.Tensor, ...]] = field(default_factory=dict)
+    output_of: Mapping[str, int | None] = field(default_factory=dict)
+
+
+def output_gradients(losses: Mapping[str, torch.Tensor], graph: TermGraph,
+                     y_leaf: torch.Tensor) -> dict[str, torch.Tensor]:
+    """gᵢ = ∂Lᵢ/∂ŷ for every term, with exactly one backward pass per branch; terms on a branch with nested
+    outputs go down the network segment by segment (:func:`_nested_gradients`)."""
+    branch_of, features, output_of = graph.branch_of, graph.features, graph.output_of
     groups: dict[str | None, list[str]] = defaultdict(list)
     for name in losses:
         key = branch_of.get(name)
@@ -83,14 +93,12 @@ def global_norm(grads: list[torch.Tensor]) -> torch.Tensor:
     return torch.sqrt(sum((gr.float() ** 2).sum() for gr in grads))
 
 
-def combine(y: torch.Tensor, y_leaf: torch.Tensor, losses: Mapping[str, torch.Tensor],
-            branch_of: Mapping[str, str | None], params: list[torch.nn.Parameter],
-            multipliers: Mapping[str, float], adapt: bool = True, eps: float = 1e-8,
-            features: Mapping[str, tuple[torch.Tensor, ...]] | None = None,
-            output_of: Mapping[str, int | None] | None = None) -> tuple[list[torch.Tensor], dict[str, float]]:
+def combine(y: torch.Tensor, y_leaf: torch.Tensor, losses: Mapping[str, torch.Tensor], graph: TermGraph,
+            params: list[torch.nn.Parameter], multipliers: Mapping[str, float], adapt: bool = True,
+            eps: float = 1e-8) -> tuple[list[torch.Tensor], dict[str, float]]:
     """The generator gradient Σ wᵢ ∇θLᵢ and named metrics (``dla/norm_<term>`` raw norms, ``dla/weight_<term>``,
     ``loss/<term>``, ``loss/total`` = Σ wᵢ Lᵢ). ``adapt=False`` uses wᵢ = mᵢ (a plain weighted sum)."""
-    gs = output_gradients(losses, branch_of, y_leaf, features, output_of)
+    gs = output_gradients(losses, graph, y_leaf)
     total = [torch.zeros_like(p) for p in params]
     metrics: dict[str, float] = {}
     weighted = 0.0

@@ -19,7 +19,6 @@ from typing import Any, Callable
 import torch
 import yaml
 from torch.utils.data import DataLoader
-from torch.utils.tensorboard import SummaryWriter
 
 from isp_search.configio import ConfigError, to_dict
 from isp_search.data.datasets import make_datasets
@@ -136,6 +135,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, report: Report | None = None,
 
     evaluator = Evaluator(("psnr", "ssim", "lpips"), cfg.backbone_weights, device)
     # deferred: tensorboard imports TensorFlow when it is installed (seconds, and triton crashes after it)
+    from torch.utils.tensorboard import SummaryWriter
 
     tb = SummaryWriter(str(run_dir / "tb"), purge_step=step)
     log = (run_dir / "metrics.jsonl").open("a")

@@ -249,10 +249,10 @@ def generator_step(gen: nn.Module, g_opt: torch.optim.Optimizer, batch: Mapping[
     if opts.textbook_dla:
         grads, metrics = dla.combine_textbook(losses, params, multipliers, opts.adapt, opts.eps)
     else:
-        branch_of = {t: LOSSES.get(t).branch for t in losses}
-        nested = {b: f for b, f in br._fake.items() if isinstance(f, tuple)}  # the AlexNet trunk's (relu1, relu4)
-        grads, metrics = dla.combine(y, y_leaf, losses, branch_of, params, multipliers, opts.adapt, opts.eps,
-                                     features=nested, output_of={t: LOSSES.get(t).output for t in losses})
+        graph = dla.TermGraph({t: LOSSES.get(t).branch for t in losses},
+                              {b: f for b, f in br._fake.items() if isinstance(f, tuple)},  # AlexNet (relu1, relu4)
+                              {t: LOSSES.get(t).output for t in losses})
+        grads, metrics = dla.combine(y, y_leaf, losses, graph, params, multipliers, opts.adapt, opts.eps)
     clock.lap("backward")
     if not all(torch.isfinite(g).all() for g in grads):
         return metrics | {"nonfinite": "generator gradient"}, None
