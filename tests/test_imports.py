@@ -85,3 +85,13 @@ def test_heavy_optional_libraries_load_only_where_used():
             if any(name == d or name.startswith(d + ".") for d in DEFERRABLE):
                 bad.append(f"{p.relative_to(PACKAGE.parent)}:{node.lineno}: {name}")
     assert not bad, bad
+
+
+def test_no_module_imports_another_modules_private_names():
+    bad = []
+    for p in sorted(PACKAGE.rglob("*.py")):
+        for node in _imports(ast.parse(p.read_text()), local=False) + _imports(ast.parse(p.read_text()), local=True):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("isp_search"):
+                bad += [f"{p.relative_to(PACKAGE.parent)}:{node.lineno}: {a.name}" for a in node.names
+                        if a.name.startswith("_") and not a.name.endswith("__")]
+    assert not bad, bad

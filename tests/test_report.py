@@ -28,7 +28,7 @@ def _rows(tmp_path, n: int = 4, no_latency: int = 2) -> list[dict]:
                                    "median_ms": 10.0 + i, "threads": 2, "host_cpu": "AMD EPYC 9B45",
                                    "size": "1088x1920"}],
                          latency_ms=10.0 + i, latency_target="cpu", latency_statistic="median",
-                         artifacts={"tflite": str(tfl)}, sha256={"tflite": "ab" * 32}, artifact_size="1088x1920",
+                         artifacts={"tflite": str(tfl)}, sha256={"tflite": "ab" * 32}, deploy_size="1088x1920",
                          parity=[{"format": "tflite", "kind": "real", "psnr_db": 61.25, "max_lsb": 0.4,
                                   "passed": True, "blocking": True}]))
     rows[no_latency].update(latency=[], latency_ms=None, latency_target=None)

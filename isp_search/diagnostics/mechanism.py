@@ -34,7 +34,7 @@ from isp_search.train.step import (
     Branches,
     FrozenNets,
     GeneratorStepOptions,
-    _pick,
+    pick_output,
     build_discriminators,
     discriminator_step,
     generator_step,
@@ -74,7 +74,7 @@ def _features(nets, term: str, img: torch.Tensor) -> torch.Tensor:
 
     spec = LOSSES.get(term)
     br = Branches(nets, img, {"target": img, "reference": img}, False)
-    return _pick(br.real(spec.branch), spec.output).detach()
+    return pick_output(br.real(spec.branch), spec.output).detach()
 
 
 def margins_and_penalties(trained: Mapping[str, Any], batch: Mapping[str, torch.Tensor],

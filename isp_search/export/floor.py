@@ -14,7 +14,7 @@ import time
 import numpy as np
 import torch
 
-from isp_search.export.tflite_export import _plain_interpreter
+from isp_search.export.tflite_export import plain_interpreter
 
 
 def peak_gflops(threads: int = 2, n: int = 2048, repeats: int = 10) -> dict:
@@ -42,7 +42,7 @@ def tflite_macs(path: str | os.PathLike) -> int:
     """Multiply-accumulates of one inference of a ``.tflite`` graph: CONV_2D, DEPTHWISE_CONV_2D, TRANSPOSE_CONV
     and FULLY_CONNECTED, from the tensor shapes (NHWC activations, OHWI filters)."""
 
-    it = _plain_interpreter(path)
+    it = plain_interpreter(path)
     shapes = {t["index"]: tuple(int(v) for v in t["shape"]) for t in it.get_tensor_details()}
     total = 0
     for op in it._get_ops_details():

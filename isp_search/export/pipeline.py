@@ -84,8 +84,9 @@ def data_identity(ds) -> dict:
             "fingerprint": hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]}
 
 
-def _dataset(loaded: LoadedGenerator, root: str, fmt: str, splits: tuple[str, ...], preset: str | None = None):
-
+def split_dataset(loaded: LoadedGenerator, root: str, fmt: str, splits: tuple[str, ...],
+                  preset: str | None = None) -> RawRGBDataset:
+    """The first of ``splits`` the data set has, as the model's inputs (no references)."""
     for split in splits:
         try:
             ds = RawRGBDataset(root, fmt, split, loaded.spec, preset=preset or loaded.preset, caching=Caching(with_reference=False))
@@ -129,7 +130,7 @@ def preset_gate(loaded: LoadedGenerator, calib: tuple[str, str], shape: tuple[in
     trained = loaded.meta.get("preset") or loaded.spec.preset
     if loaded.preset == trained:
         return G.GateResult("preset", True, None, None, f"{loaded.preset} (as trained)")
-    ds_e, ds_t = (_dataset(loaded, *calib, ("test", "val", "train"), p) for p in (loaded.preset, trained))
+    ds_e, ds_t = (split_dataset(loaded, *calib, ("test", "val", "train"), p) for p in (loaded.preset, trained))
     with torch.no_grad():
         a, b = (loaded.model(real_batch(d, shape, 1)[0]).numpy() for d in (ds_e, ds_t))
     m = G.image_error(b, a)
@@ -162,7 +163,7 @@ def export_model(source: LoadedGenerator | str | os.PathLike, out_dir: str | os.
     model = loaded.model.eval().cpu()
     x_rand = example_input(loaded.spec, h, w, seed=1)
     calib = calib or _default_calib()
-    held = _dataset(loaded, *calib, ("test", "val"))
+    held = split_dataset(loaded, *calib, ("test", "val"))
     x_held, t_held = real_batch(held, tuple(x_rand.shape), 2)
     inputs = {"random": x_rand, "real": x_held}
     with torch.no_grad():
@@ -189,7 +190,7 @@ def export_model(source: LoadedGenerator | str | os.PathLike, out_dir: str | os.
         int8_info = None
         calib_nhwc = None
         if "tflite_int8" in tfl:
-            ds_cal = _dataset(loaded, *calib, ("train",))
+            ds_cal = split_dataset(loaded, *calib, ("train",))
             calib_nhwc = _nhwc(real_batch(ds_cal, tuple(x_rand.shape), N_CALIB)[0])
             int8_info = data_identity(ds_cal)
         produced = T.convert(onnx_path, out, int8_calibration=calib_nhwc)

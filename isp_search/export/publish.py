@@ -21,7 +21,7 @@ from isp_search.export import leaderboard as LB
 from isp_search.export import qaihub
 from isp_search.export.bench import bench_tflite
 from isp_search.export.onnx_export import example_input
-from isp_search.export.pipeline import ExportResult, _dataset, data_identity, export_model, sha256
+from isp_search.export.pipeline import ExportResult, data_identity, export_model, sha256, split_dataset
 from isp_search.export.settings import ExportSettings, Provenance
 from isp_search.metrics import evaluate_model
 from isp_search.models.checkpoint import LoadedGenerator, load_generator
@@ -145,7 +145,7 @@ def _eval_identity(data: tuple[str, str] | None, split: str, loaded: LoadedGener
     if data is None:
         return {}
     try:
-        return data_identity(_dataset(loaded, data[0], data[1], (split,)))
+        return data_identity(split_dataset(loaded, data[0], data[1], (split,)))
     except UserError:
         return {"format": data[1], "root": str(Path(data[0]).resolve()), "split": split}
 
@@ -223,7 +223,7 @@ def publish(source: LoadedGenerator | str | os.PathLike, out_dir: str | os.PathL
         "parity_max_lsb": max((p["max_lsb"] for p in blocking), default=None),
         "int8_psnr_db": int8 and int8["psnr_db"], "int8_quality_drop_db": int8 and int8["quality_drop_db"],
         "artifacts": result.paths, "sha256": result.sha256, "artifact_bytes": result.bytes,
-        "artifact_size": f"{size[0]}x{size[1]}",
+        "deploy_size": f"{size[0]}x{size[1]}", "gate_size": f"{gate_size[0]}x{gate_size[1]}" if gate_size else None,
         "sample_crop": crops[0], "target_crop": crops[1], "git_sha": LB.git_sha(), "run_dir": prov.run_dir,
     }
     LB.append_rows([row], leaderboard_path)

@@ -29,7 +29,7 @@ COLUMNS = ("model_id", "backbone", "mode", "search_id", "trial_id", "params", "m
 # Shown in their own columns or tables, never again under "Context".
 _SHOWN = {"model_id", "backbone", "mode", "params", "macs", "macs_size", "psnr", "ssim", "ms_ssim", "lpips",
           "lpips_weights", "dists", "latency_ms", "mai_score", "latency", "artifacts", "sha256", "sample_crop",
-          "target_crop", "config", "created", "parity", "artifact_bytes", "artifact_size", "latency_statistic",
+          "target_crop", "config", "created", "parity", "artifact_bytes", "deploy_size", "gate_size", "latency_statistic",
           "mai_target", "data_format", "data_root", "eval_split", "n_test_images", "data_fingerprint"}
 _DATA_KEYS = ("data_format", "data_name", "dataset", "data_root", "data_split", "eval_split", "n_test_images",
               "data_n_images", "data_fingerprint")
@@ -90,7 +90,7 @@ def artifact_sizes(row: dict) -> dict[str, int]:
 
 def _deployed_size(row: dict) -> str:
     sizes = artifact_sizes(row)
-    at = f", {html.escape(str(row['artifact_size']))}" if row.get("artifact_size") else ""
+    at = f", {html.escape(str(row['deploy_size']))}" if row.get("deploy_size") else ""
     for fmt in ("tflite_fp16", "tflite", "tflite_fp32"):  # the file a phone runs (fp16 on its GPU)
         if fmt in sizes:
             return f"{fmt_bytes(sizes[fmt])} ({fmt}{at})"

@@ -118,7 +118,7 @@ def run_tflite(it, x_nhwc: np.ndarray) -> np.ndarray:
     return it.get_tensor(it.get_output_details()[0]["index"])
 
 
-def _plain_interpreter(path: str | os.PathLike, allocate: bool = True):
+def plain_interpreter(path: str | os.PathLike, allocate: bool = True):
     """An interpreter without default delegates, so the op list is the graph's own (no DELEGATE nodes).
 
     Listing ops needs no tensors: ``allocate=False`` skips the arena (gigabytes for a graph at 1088x1920)."""
@@ -134,12 +134,12 @@ def _plain_interpreter(path: str | os.PathLike, allocate: bool = True):
 
 def op_list(path: str | os.PathLike) -> list[str]:
     """Builtin op names of a .tflite graph in execution order (e.g. CONV_2D, TANH, DEPTH_TO_SPACE)."""
-    return [d["op_name"] for d in _plain_interpreter(path, allocate=False)._get_ops_details()]
+    return [d["op_name"] for d in plain_interpreter(path, allocate=False)._get_ops_details()]
 
 
 def tensor_ranks(path: str | os.PathLike) -> dict[str, int]:
     """Largest tensor rank touched by each op name (used to refuse RESHAPE above 4-D)."""
-    it = _plain_interpreter(path, allocate=False)
+    it = plain_interpreter(path, allocate=False)
     details = {t["index"]: len(t["shape"]) for t in it.get_tensor_details()}
     ranks: dict[str, int] = {}
     for d in it._get_ops_details():

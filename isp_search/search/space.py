@@ -17,7 +17,7 @@ from isp_search.metrics import direction
 SAMPLERS = ("tpe", "gp", "nsga2", "random")
 EXPORT_FORMATS = ("onnx", "tflite", "tflite_fp16", "tflite_int8")
 LATENCY_METRIC = "latency_ms"
-_CHOICE_TYPES = (type(None), bool, int, float, str)
+CHOICE_TYPES = (type(None), bool, int, float, str)
 
 
 def _pos(v: float) -> bool:

@@ -15,7 +15,7 @@ from typing import Any
 
 from isp_search.configio import ConfigError, NearestSource, Source, build, load_yaml
 from isp_search.search.space import (
-    _CHOICE_TYPES,
+    CHOICE_TYPES,
     Objective,
     Param,
     PretrainCfg,
@@ -35,7 +35,7 @@ def _check_param(name: str, p: Param, src: Source, earlier: dict[str, Param]) ->
         for k in ("low", "high", "step"):
             if getattr(p, k) is not None:
                 raise fail(f"'{k}' is for float/int; categorical takes only 'choices'", k)
-        if any(not isinstance(c, _CHOICE_TYPES) for c in p.choices):
+        if any(not isinstance(c, CHOICE_TYPES) for c in p.choices):
             raise fail("choices must be numbers, strings, booleans or null", "choices")
     else:
         if p.choices is not None:

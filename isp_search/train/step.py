@@ -148,7 +148,8 @@ class _Clock:
             self.t = t
 
 
-def _pick(feats, index: int | None) -> torch.Tensor:
+def pick_output(feats, index: int | None) -> torch.Tensor:
+    """A branch's feature tensor, or output ``index`` of a branch with nested outputs."""
     return feats if index is None else feats[index]
 
 
@@ -171,8 +172,8 @@ def term_loss(name: str, br: Branches, discs: Mapping[str, nn.Module]) -> torch.
         return out.float().mean()
     spec = LOSSES.get(name)
     disc = discs[name]
-    fake = _pick(br.fake(spec.branch), spec.output)
-    real = _pick(br.real(spec.branch), spec.output)
+    fake = pick_output(br.fake(spec.branch), spec.output)
+    real = pick_output(br.real(spec.branch), spec.output)
     with br.autocast:  # the discriminators read the features in the dtype they come in (no fp32 copies)
         if name in br.d_terms:  # its D step follows: D(real) once, with the graph that step's loss and R1 need
             x = real.detach().requires_grad_(True).view_as(real)  # a non-leaf view, as in _d_loss
@@ -197,7 +198,7 @@ def build_discriminators(terms: tuple[str, ...], nets: FrozenNets, out_hw: tuple
     br = Branches(nets, probe, {"target": probe, "reference": probe}, content_lab)
     for t in adv:
         spec = LOSSES.get(t)
-        shape = tuple(_pick(br.real(spec.branch), spec.output).shape[1:])
+        shape = tuple(pick_output(br.real(spec.branch), spec.output).shape[1:])
         discs[t] = create_discriminator(spec.disc, shape).to(device)
     return discs
 
@@ -275,8 +276,8 @@ def discriminator_step(group_terms: list[str], br: Branches, discs: Mapping[str,
         disc = discs[t]
         disc.train()
         with br.autocast:
-            loss, parts = _d_loss(disc, _pick(br.real(spec.branch), spec.output),
-                                  _pick(br.fake(spec.branch), spec.output), gamma, br.d_real.pop(t, None))
+            loss, parts = _d_loss(disc, pick_output(br.real(spec.branch), spec.output),
+                                  pick_output(br.fake(spec.branch), spec.output), gamma, br.d_real.pop(t, None))
         total = loss if total is None else total + loss
         key = "d_" + t.removeprefix("adv_")
         metrics.update({f"{key}/{k}": v for k, v in parts.items()})
