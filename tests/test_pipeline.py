@@ -180,7 +180,22 @@ def test_study_killed_in_prepare_and_in_pretrain_then_resumed(cluster, tmp_path)
 
     rows = read(tmp_path / "results" / "leaderboard.parquet").to_pylist()
     assert len(rows) == 1 and rows[0]["search_id"] == name and rows[0]["trial_id"] in ids
+
+    # 4. the same command submitted again without --resume: refused in one line, nothing touched
+    before = tree_digest(tmp_path / "exp"), tree_digest(tmp_path / "results")
+    log4 = tmp_path / "job4.log"
+    job = submit(cluster, tmp_path, space, name, data, log=log4)
+    assert job.wait(timeout=120) != 0
+    refusal = [ln for ln in log4.read_text().splitlines() if "isp-search: error:" in ln]
+    assert len(refusal) == 1 and "--resume" in refusal[0] and "--name" in refusal[0], log4.read_text()[-2000:]
+    assert not tracebacks(log4.read_text())
+    assert (tree_digest(tmp_path / "exp"), tree_digest(tmp_path / "results")) == before
     shutil.rmtree(tmp_path / "cache", ignore_errors=True)
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Every file under ``root`` with its sha256: equal digests mean byte-identical trees."""
+    return {str(p.relative_to(root)): sha256(p) for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def test_reference_cache_found_from_a_copy_at_another_path(tmp_path):

@@ -138,6 +138,9 @@ def run_add(args: argparse.Namespace) -> int:
     res = publish(load_generator(args.weights, arch=args.arch), out, settings,
                   Provenance(kind="baseline", model_id=name), data=data, weights_mode=args.backbone_weights,
                   leaderboard_path=getattr(args, "path", None))
+    if res.duplicate_of:
+        print(f"{name} not added: the same weights at {args.deploy_size} are on the leaderboard as {res.duplicate_of}")
+        return 0
     if res.row is None:
         print(f"isp-search: {name} not added: export refused: {res.export.reason}", file=sys.stderr)
         return 1

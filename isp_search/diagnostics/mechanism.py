@@ -34,10 +34,10 @@ from isp_search.train.step import (
     Branches,
     FrozenNets,
     GeneratorStepOptions,
-    pick_output,
     build_discriminators,
     discriminator_step,
     generator_step,
+    pick_output,
     term_loss,
 )
 

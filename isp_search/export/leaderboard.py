@@ -14,7 +14,8 @@ Columns (every quality number has its data set beside it; every latency says whe
   networks); measured on ``data_format`` / ``data_root`` / ``eval_split`` with ``n_test_images`` images whose RAW
   file list hashes to ``data_fingerprint`` (first 16 hex of a sha256 over the sorted relative names).
 * deployed files (the Full-HD export that was gated and timed): ``artifacts`` (format -> absolute path),
-  ``sha256`` (format -> hex digest), ``artifact_bytes`` (format -> bytes), ``deploy_size`` (HxW of those files) and ``gate_size`` (HxW of the extra gate-only export, if any).
+  ``sha256`` (format -> hex digest), ``artifact_bytes`` (format -> bytes), ``deploy_size`` (HxW of those files) and ``gate_size`` (HxW of the extra gate-only export, if any),
+  ``weights_sha256`` (the generator's weights: one row per deployed weights and size).
 * parity of those files against PyTorch (clamped outputs): ``parity`` = list of {format, kind (random at the
   export size | real held-out patches), psnr_db, max_lsb (8-bit steps), max_abs, passed, blocking,
   quality_drop_db (int8: PSNR lost against the targets)}; ``parity_min_psnr_db`` / ``parity_max_lsb`` = the worst
@@ -75,6 +76,7 @@ SCHEMA = pa.schema([
     ("int8_psnr_db", pa.float64()), ("int8_quality_drop_db", pa.float64()),
     ("artifacts", pa.map_(pa.string(), pa.string())), ("sha256", pa.map_(pa.string(), pa.string())),
     ("artifact_bytes", pa.map_(pa.string(), pa.int64())), ("deploy_size", pa.string()), ("gate_size", pa.string()),
+    ("weights_sha256", pa.string()),
     ("sample_crop", pa.string()), ("target_crop", pa.string()), ("git_sha", pa.string()), ("run_dir", pa.string()),
 ])
 

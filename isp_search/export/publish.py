@@ -6,6 +6,7 @@ Nothing is appended until every stage has passed: a refused export or a failed b
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -30,8 +31,27 @@ from isp_search.models.checkpoint import LoadedGenerator, load_generator
 @dataclass
 class Published:
     model_id: str
-    export: ExportResult
-    row: dict | None  # None when a gate failed: the model never reaches the leaderboard
+    export: ExportResult | None
+    row: dict | None  # None when a gate failed or the weights are on the leaderboard already
+    duplicate_of: str | None = None  # the row that already holds these deployed weights
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 of the generator's weights (names and values in order): what is deployed, whatever the file."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def on_leaderboard(digest: str, deploy_size: tuple[int, int], path: str | os.PathLike | None) -> str | None:
+    """The model id of a row holding the same weights deployed at the same size, if any."""
+    size = f"{deploy_size[0]}x{deploy_size[1]}"
+    for row in LB.read(path).select(["model_id", "weights_sha256", "deploy_size"]).to_pylist():
+        if row["weights_sha256"] == digest and row["deploy_size"] == size:
+            return row["model_id"]
+    return None
 
 
 def count_macs(model: torch.nn.Module, spec, height: int, width: int) -> int:
@@ -170,6 +190,9 @@ def publish(source: LoadedGenerator | str | os.PathLike, out_dir: str | os.PathL
     model_id = prov.model_id or (f"{prov.search_id}/{prov.trial_id}" if prov.search_id and prov.trial_id
                                  else out.name)
     size, gate_size = tuple(settings.deploy_size), settings.gate_size
+    digest = weights_digest(loaded.model)
+    if (same := on_leaderboard(digest, size, leaderboard_path)) is not None:  # nothing exported or timed again
+        return Published(same, None, None, duplicate_of=same)
     formats = list(dict.fromkeys([*settings.formats, "tflite"] + (["tflite_fp16"] if targets else [])))  # timed
     parity: list[dict] = []
     if gate_size and tuple(gate_size) != size:
@@ -224,7 +247,7 @@ def publish(source: LoadedGenerator | str | os.PathLike, out_dir: str | os.PathL
         "int8_psnr_db": int8 and int8["psnr_db"], "int8_quality_drop_db": int8 and int8["quality_drop_db"],
         "artifacts": result.paths, "sha256": result.sha256, "artifact_bytes": result.bytes,
         "deploy_size": f"{size[0]}x{size[1]}", "gate_size": f"{gate_size[0]}x{gate_size[1]}" if gate_size else None,
-        "sample_crop": crops[0], "target_crop": crops[1], "git_sha": LB.git_sha(), "run_dir": prov.run_dir,
+        "weights_sha256": digest, "sample_crop": crops[0], "target_crop": crops[1], "git_sha": LB.git_sha(), "run_dir": prov.run_dir,
     }
     LB.append_rows([row], leaderboard_path)
     (out / "leaderboard_row.json").write_text(json.dumps(LB.normalise_row(row), default=str, indent=1))

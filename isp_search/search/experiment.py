@@ -76,10 +76,14 @@ def read_meta(uri: str) -> dict:
 
 
 def new_experiment(space: SearchSpace, name: str | None) -> Experiment:
-    """A fresh experiment name (given or ``<space>-<time>``) and a unique study name."""
+    """A fresh experiment name (given or ``<space>-<time>``) and a unique study name; a name already taken under
+    the storage path is refused (a second submit of the same command must not start a second study there)."""
     name = name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     study = f"{name}-{uuid.uuid4().hex[:8]}"
     uri = f"{space.storage.path.rstrip('/')}/{name}"
+    if read_json(f"{uri}/{META_FILE}") is not None:
+        raise UserError(f"experiment {name!r} exists already in {space.storage.path}: add --resume to continue it, "
+                        "or choose another --name (nothing was started)")
     if space.storage.optuna:
         optuna_storage = space.storage.optuna
     elif "://" in space.storage.path:  # object stores cannot hold a journal file: keep it on the driver

@@ -69,6 +69,9 @@ def publish_trial(entry: ParetoEntry, result: Any, ctx: StudyContext) -> None:
                       space.export.settings, provenance, data=ctx.data, metrics=metrics, leaderboard_path=board)
     entry.model_id = res.model_id
     entry.exported = res.row is not None
+    if res.duplicate_of:
+        entry.note = f"same weights as {res.duplicate_of}, already on the leaderboard (not added again)"
+        return
     if res.row is None:
         entry.note = f"export refused: {res.export.reason}"
         return

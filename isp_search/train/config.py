@@ -197,9 +197,14 @@ class TrainConfig:
         return self.data.pairing or ("shuffled" if self.mode == "unpaired" else "paired")
 
     @property
+    def evaluates_start(self) -> bool:
+        """A run from ``model.init_from`` evaluates its start at step 0, as the first candidate for best.pt."""
+        return bool(self.model.init_from)
+
+    @property
     def num_evaluations(self) -> int:
-        """Evaluations in a full run (the search's ASHA ``max_t``)."""
-        return -(-self.train.steps // self.train.eval_interval)
+        """Evaluations in a full run, the start's included (the search's ASHA ``max_t``)."""
+        return -(-self.train.steps // self.train.eval_interval) + int(self.evaluates_start)
 
 
 def _resolve(path: str | None, base: Path) -> str | None:

@@ -157,82 +157,94 @@ def train(cfg: TrainConfig, run_dir: str | Path, report: Report | None = None,
         st.save_training_checkpoint(ckpt_dir / name, gen, cfg.model.arch, preset, step, opt_state, mode=cfg.mode,
                                     backbone_weights=cfg.backbone_weights, config=to_dict(cfg))
 
-    # ---- the loop ----------------------------------------------------------------------------------------------
+    def evaluate_candidate(best: dict[str, Any]) -> dict[str, Any]:
+        """Evaluate the generator as it is now; it becomes best.pt only if it beats every earlier evaluation."""
+        val = evaluate(gen, data["val"], evaluator, device, cfg.train.batch_size, cfg.data.eval_limit,
+                       cfg.train.score_lpips_weight) if "val" in data else {}
+        save_sample_grid(gen, data.get("val", train_ds), device, run_dir / "samples" / f"step_{step:06d}.png")
+        chosen = val.get(cfg.train.select_by, -math.inf)  # best["score"] holds the select_by value
+        improved = chosen > best["score"] or best["step"] < 0
+        if improved:
+            best = {"score": chosen, "step": step, "metrics": val}
+        save("last.pt")
+        if improved:
+            # generator only: export reads it, resume never does (last.pt holds the training state once)
+            st.save_best_generator(ckpt_dir / "best.pt", gen, cfg.model.arch, preset, step, mode=cfg.mode,
+                                   backbone_weights=cfg.backbone_weights, config=to_dict(cfg))
+        emit("val", step, val)
+        tb.flush()  # an evaluation is never lost to a stopped trial (the writer flushes only every 120 s)
+        if report is not None:
+            report(step, {**val, "step": step, "best_score": best["score"]}, str(ckpt_dir))
+        return best
 
-    status, reason = "completed", None
-    bar = Progress(cfg.train.steps, "train", unit="step", initial=step, enabled=cfg.train.progress)  # bar only on a tty
-    batches = iter(loader())
-    timings = {"data_s": 0.0, "step_s": 0.0}
-    while step < cfg.train.steps:
-        t0 = time.perf_counter()
-        try:
-            batch = next(batches)
-        except StopIteration:  # epoch done: re-draw pairing for the next epoch, new seeded order
-            order.epoch, order.pos = order.epoch + 1, 0
-            train_ds.set_epoch(order.epoch)
-            batches = iter(loader())
-            batch = next(batches)
-        order.pos += 1
-        # ids (index, target_index) stay on the CPU: they key the real-feature cache
-        batch = {k: v.to(device, non_blocking=True) if k in STEP_KEYS else v for k, v in batch.items()}
-        t1 = time.perf_counter()
-        d_terms = [t for ts, _, every in groups.values() if (step + 1) % every == 0 for t in ts]
-        metrics, br = generator_step(gen, g_opt, batch, nets, discs, multipliers, replace(step_opts, d_terms=d_terms))
-        if "nonfinite" in metrics:
-            status, reason = "diverged", f"non-finite {metrics['nonfinite']} at step {step + 1}"
-            emit("train", step + 1, {k: v for k, v in metrics.items() if k != "nonfinite"} | {"diverged": 1})
-            break
-        for g, (terms, opt, every) in groups.items():
-            if (step + 1) % every == 0:
-                metrics.update(discriminator_step(terms, br, discs, opt, cfg.losses.r_gamma, o.d_clip))
-        if "nonfinite" in metrics:
-            status, reason = "diverged", f"non-finite {metrics['nonfinite']} at step {step + 1}"
-            break
-        step += 1
-        timings["data_s"] += t1 - t0
-        timings["step_s"] += time.perf_counter() - t1
-        bar.update(1)
-        if step % cfg.train.log_interval == 0 or step == cfg.train.steps:
-            emit("train", step, metrics)
-            bar.set_postfix(loss=f"{metrics['loss/total']:.3g}")
-        if step % cfg.train.eval_interval == 0 or step == cfg.train.steps:
-            val = evaluate(gen, data["val"], evaluator, device, cfg.train.batch_size, cfg.data.eval_limit,
-                           cfg.train.score_lpips_weight) if "val" in data else {}
-            save_sample_grid(gen, data.get("val", train_ds), device, run_dir / "samples" / f"step_{step:06d}.png")
-            chosen = val.get(cfg.train.select_by, -math.inf)  # best["score"] holds the select_by value
-            improved = chosen > best["score"] or best["step"] < 0
-            if improved:
-                best = {"score": chosen, "step": step, "metrics": val}
-            save("last.pt")
-            if improved:
-                # generator only: export reads it, resume never does (last.pt holds the training state once)
-                st.save_best_generator(ckpt_dir / "best.pt", gen, cfg.model.arch, preset, step, mode=cfg.mode,
-                                       backbone_weights=cfg.backbone_weights, config=to_dict(cfg))
-            emit("val", step, val)
-            if report is not None:
-                report(step, {**val, "step": step, "best_score": best["score"]}, str(ckpt_dir))
-    bar.close()
+    try:
+        # ---- the start is a candidate: a run that never beats its init_from says so (best_step 0) -------------------
+        if step == 0 and resume is None and cfg.evaluates_start:
+            best = evaluate_candidate(best)
 
-    # ---- test split with the best checkpoint -----------------------------------------------------------------
-    test: dict[str, float] = {}
-    if (ckpt_dir / "best.pt").is_file() and "test" in data:
-        best_gen = spec.build().to(device)
-        best_gen.load_state_dict(torch.load(ckpt_dir / "best.pt", map_location=device, weights_only=False)["state_dict"])
-        test = evaluate(best_gen, data["test"], evaluator, device, cfg.train.batch_size, cfg.data.eval_limit,
-                        cfg.train.score_lpips_weight)
-        emit("test", step, test)
-    elapsed = time.time() - t_start
-    summary = {
-        "status": status, "reason": reason, "step": step, "steps": cfg.train.steps, "mode": cfg.mode,
-        "arch": cfg.model.arch, "preset": preset, "backbone_weights": cfg.backbone_weights,
-        "best_step": best["step"], "best_score": best["score"] if math.isfinite(best["score"]) else None,
-        "select_by": cfg.train.select_by,
-        "val": best["metrics"], "test": test, "run_dir": str(run_dir),
-        "checkpoint": str(ckpt_dir / "best.pt") if (ckpt_dir / "best.pt").is_file() else None,
-        "elapsed_s": elapsed, "steps_per_s": (step - start_step) / max(timings["step_s"] + timings["data_s"], 1e-9),
-        "data_wait_s": timings["data_s"], "git_sha": st.git_sha(), "seed": cfg.train.seed,
-    }
-    st.write_json(run_dir / "summary.json", summary)
-    log.close()
-    tb.close()
+        # ---- the loop ----------------------------------------------------------------------------------------------
+
+        status, reason = "completed", None
+        bar = Progress(cfg.train.steps, "train", unit="step", initial=step, enabled=cfg.train.progress)
+        batches = iter(loader())
+        timings = {"data_s": 0.0, "step_s": 0.0}
+        while step < cfg.train.steps:
+            t0 = time.perf_counter()
+            try:
+                batch = next(batches)
+            except StopIteration:  # epoch done: re-draw pairing for the next epoch, new seeded order
+                order.epoch, order.pos = order.epoch + 1, 0
+                train_ds.set_epoch(order.epoch)
+                batches = iter(loader())
+                batch = next(batches)
+            order.pos += 1
+            # ids (index, target_index) stay on the CPU: they key the real-feature cache
+            batch = {k: v.to(device, non_blocking=True) if k in STEP_KEYS else v for k, v in batch.items()}
+            t1 = time.perf_counter()
+            d_terms = [t for ts, _, every in groups.values() if (step + 1) % every == 0 for t in ts]
+            metrics, br = generator_step(gen, g_opt, batch, nets, discs, multipliers, replace(step_opts, d_terms=d_terms))
+            if "nonfinite" in metrics:
+                status, reason = "diverged", f"non-finite {metrics['nonfinite']} at step {step + 1}"
+                emit("train", step + 1, {k: v for k, v in metrics.items() if k != "nonfinite"} | {"diverged": 1})
+                break
+            for g, (terms, opt, every) in groups.items():
+                if (step + 1) % every == 0:
+                    metrics.update(discriminator_step(terms, br, discs, opt, cfg.losses.r_gamma, o.d_clip))
+            if "nonfinite" in metrics:
+                status, reason = "diverged", f"non-finite {metrics['nonfinite']} at step {step + 1}"
+                break
+            step += 1
+            timings["data_s"] += t1 - t0
+            timings["step_s"] += time.perf_counter() - t1
+            bar.update(1)
+            if step % cfg.train.log_interval == 0 or step == cfg.train.steps:
+                emit("train", step, metrics)
+                bar.set_postfix(loss=f"{metrics['loss/total']:.3g}")
+            if step % cfg.train.eval_interval == 0 or step == cfg.train.steps:
+                best = evaluate_candidate(best)
+        bar.close()
+
+        # ---- test split with the best checkpoint -----------------------------------------------------------------
+        test: dict[str, float] = {}
+        if (ckpt_dir / "best.pt").is_file() and "test" in data:
+            best_gen = spec.build().to(device)
+            best_gen.load_state_dict(torch.load(ckpt_dir / "best.pt", map_location=device, weights_only=False)["state_dict"])
+            test = evaluate(best_gen, data["test"], evaluator, device, cfg.train.batch_size, cfg.data.eval_limit,
+                            cfg.train.score_lpips_weight)
+            emit("test", step, test)
+        elapsed = time.time() - t_start
+        summary = {
+            "status": status, "reason": reason, "step": step, "steps": cfg.train.steps, "mode": cfg.mode,
+            "arch": cfg.model.arch, "preset": preset, "backbone_weights": cfg.backbone_weights,
+            "best_step": best["step"], "best_score": best["score"] if math.isfinite(best["score"]) else None,
+            "select_by": cfg.train.select_by,
+            "val": best["metrics"], "test": test, "run_dir": str(run_dir),
+            "checkpoint": str(ckpt_dir / "best.pt") if (ckpt_dir / "best.pt").is_file() else None,
+            "elapsed_s": elapsed, "steps_per_s": (step - start_step) / max(timings["step_s"] + timings["data_s"], 1e-9),
+            "data_wait_s": timings["data_s"], "git_sha": st.git_sha(), "seed": cfg.train.seed,
+        }
+        st.write_json(run_dir / "summary.json", summary)
+    finally:  # a stopped, pruned or failed run keeps what it logged (TensorBoard's last events too)
+        log.close()
+        tb.close()
     return summary
