@@ -27,7 +27,7 @@ from isp_search.search.context import StudyContext
 from isp_search.search.optuna_storage import load_study
 from isp_search.search.pareto import ParetoEntry, PostSummary, close_orphans, pareto_trials, spread
 from isp_search.search.plots import save_plots
-from isp_search.search.reconcile import RAY_TRIAL_ATTR
+from isp_search.search.reconcile import FINAL_ATTR, RAY_TRIAL_ATTR
 from isp_search.search.space import SearchSpace, metric_direction
 
 log = logging.getLogger(__name__)
@@ -127,6 +127,8 @@ def export_stage(ctx: StudyContext, results: Any) -> PostSummary:
                             dict(zip(space.metric_names, t.values)), dict(t.params))
         if rank not in chosen:
             entry.note = f"not exported (top_k={space.export.top_k} spread along the front)"
+        elif (t.user_attrs.get(FINAL_ATTR) or {}).get("best_step") == 0:
+            entry.note = "never beat its start (best evaluation at step 0): not exported as a new model"
         elif results is not None:
             try:
                 publish_trial(entry, by_id.get(entry.trial_id), ctx)
