@@ -111,6 +111,7 @@ def test_study_killed_in_prepare_and_in_pretrain_then_resumed(cluster, tmp_path)
     carries on, and the finished study holds every trial once, started from the pretrain run."""
     from isp_search.data.synth import synthesize
     from isp_search.export.leaderboard import read
+    from isp_search.provenance import code_identity
     from isp_search.search.optuna_storage import load_study
 
     data = synthesize(tmp_path / "data" / "mai2022", "mai2022", n_train=8, n_val=4, n_test=4, seed=11, size=64)
@@ -159,6 +160,7 @@ def test_study_killed_in_prepare_and_in_pretrain_then_resumed(cluster, tmp_path)
     for run in runs:
         info = json.loads((run / "run.json").read_text())
         assert info["init_from"] == str(pre_dir) and info["init_sha256"] == record["sha256"], info
+        assert info["code_sha256"] == code_identity()["code_sha256"]  # the job ran this code, without .git
 
     # the reference cache: both demosaicers x train/val/test, built once, before the first trial started
     stores = json.loads((exp / "prepare.json").read_text())["stores"]
@@ -180,6 +182,7 @@ def test_study_killed_in_prepare_and_in_pretrain_then_resumed(cluster, tmp_path)
 
     rows = read(tmp_path / "results" / "leaderboard.parquet").to_pylist()
     assert len(rows) == 1 and rows[0]["search_id"] == name and rows[0]["trial_id"] in ids
+    assert rows[0]["code_sha256"] == code_identity()["code_sha256"]
 
     # 4. the same command submitted again without --resume: refused in one line, nothing touched
     before = tree_digest(tmp_path / "exp"), tree_digest(tmp_path / "results")

@@ -8,7 +8,8 @@ this one (columns it lacks are empty).
 Columns (every quality number has its data set beside it; every latency says where it was measured):
 
 * identity: ``model_id``, ``created``, ``kind`` (search | baseline), ``backbone``, ``mode``, ``preset``,
-  ``search_id``, ``trial_id``, ``config`` (JSON of the trial's parameters), ``run_dir``, ``git_sha``.
+  ``search_id``, ``trial_id``, ``config`` (JSON of the trial's parameters), ``run_dir``, ``git_sha`` and
+  ``code_sha256`` (the package's source files: the code identity where there is no git, :mod:`isp_search.provenance`).
 * size: ``params``; ``macs`` and ``macs_size`` (HxW the MACs were counted at).
 * quality: ``psnr``, ``ssim``, ``ms_ssim``, ``lpips``, ``dists``, ``lpips_weights`` (pretrained | random feature
   networks); measured on ``data_format`` / ``data_root`` / ``eval_split`` with ``n_test_images`` images whose RAW
@@ -33,7 +34,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -77,7 +77,8 @@ SCHEMA = pa.schema([
     ("artifacts", pa.map_(pa.string(), pa.string())), ("sha256", pa.map_(pa.string(), pa.string())),
     ("artifact_bytes", pa.map_(pa.string(), pa.int64())), ("deploy_size", pa.string()), ("gate_size", pa.string()),
     ("weights_sha256", pa.string()),
-    ("sample_crop", pa.string()), ("target_crop", pa.string()), ("git_sha", pa.string()), ("run_dir", pa.string()),
+    ("sample_crop", pa.string()), ("target_crop", pa.string()), ("git_sha", pa.string()), ("code_sha256", pa.string()),
+    ("run_dir", pa.string()),
 ])
 
 
@@ -88,15 +89,6 @@ def is_mobile(target: str | None) -> bool:
 
 def default_path() -> Path:
     return Path(os.environ.get("ISP_SEARCH_LEADERBOARD", DEFAULT_PATH))
-
-
-def git_sha(cwd: str | os.PathLike | None = None) -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd or Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5)
-        return out.stdout.strip() if out.returncode == 0 else ""
-    except (OSError, subprocess.SubprocessError):
-        return ""
 
 
 def mai_score(psnr: float | None, runtime_ms: float | None, c: float = 1.0) -> float | None:

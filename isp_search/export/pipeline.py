@@ -29,6 +29,7 @@ from isp_search.export.locate import describe, locate_export
 from isp_search.export.onnx_export import example_input, export_onnx
 from isp_search.hashing import file_sha256
 from isp_search.models.checkpoint import LoadedGenerator, load_generator
+from isp_search.provenance import code_identity
 
 N_CALIB = 8  # batches of real patches the int8 converter calibrates on
 
@@ -175,7 +176,8 @@ def export_model(source: LoadedGenerator | str | os.PathLike, out_dir: str | os.
                   "input": "normalised packed RAW, NHWC 1xH/2xW/2x4" if loaded.spec.input_layout == "packed"
                   else "normalised RGB planes, NHWC 1xHxWx3", "output": "RGB NHWC 1xHxWx3",
                   "real_data": data_identity(held), "parity_limits": {k: v and vars(v) for k, v in
-                                                                       G.PARITY_LIMITS.items()}}
+                                                                       G.PARITY_LIMITS.items()},
+                  **code_identity()}
     onnx_path = out / FILE_NAMES["onnx"]
     info["onnx"] = export_onnx(model, loaded.spec, onnx_path, h, w, fold_dcr=fold_dcr)
     outputs: dict[str, dict[str, np.ndarray]] = {}

@@ -26,6 +26,7 @@ from isp_search.export.pipeline import ExportResult, data_identity, export_model
 from isp_search.export.settings import ExportSettings, Provenance
 from isp_search.metrics import evaluate_model
 from isp_search.models.checkpoint import LoadedGenerator, load_generator
+from isp_search.provenance import code_identity
 
 
 @dataclass
@@ -247,7 +248,7 @@ def publish(source: LoadedGenerator | str | os.PathLike, out_dir: str | os.PathL
         "int8_psnr_db": int8 and int8["psnr_db"], "int8_quality_drop_db": int8 and int8["quality_drop_db"],
         "artifacts": result.paths, "sha256": result.sha256, "artifact_bytes": result.bytes,
         "deploy_size": f"{size[0]}x{size[1]}", "gate_size": f"{gate_size[0]}x{gate_size[1]}" if gate_size else None,
-        "weights_sha256": digest, "sample_crop": crops[0], "target_crop": crops[1], "git_sha": LB.git_sha(), "run_dir": prov.run_dir,
+        "weights_sha256": digest, "sample_crop": crops[0], "target_crop": crops[1], **code_identity(), "run_dir": prov.run_dir,
     }
     LB.append_rows([row], leaderboard_path)
     (out / "leaderboard_row.json").write_text(json.dumps(LB.normalise_row(row), default=str, indent=1))

@@ -26,6 +26,7 @@ from isp_search.errors import UserError
 from isp_search.metrics import Evaluator
 from isp_search.models.checkpoint import load_generator
 from isp_search.progress import Progress
+from isp_search.provenance import code_identity
 from isp_search.train import state as st
 from isp_search.train.config import GAN_MODES, TrainConfig
 from isp_search.train.evaluate import evaluate, save_sample_grid
@@ -72,7 +73,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, report: Report | None = None,
     cuda = device.type == "cuda"
     st.seed_everything(cfg.train.seed)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    st.write_json(run_dir / "run.json", {"seed": cfg.train.seed, "git_sha": st.git_sha(), "device": str(device),
+    st.write_json(run_dir / "run.json", {"seed": cfg.train.seed, **code_identity(), "device": str(device),
                                          "torch": torch.__version__, "backbone_weights": cfg.backbone_weights,
                                          "init_from": cfg.model.init_from if resume is None else None,
                                          "init_sha256": st.checkpoint_sha256(cfg.model.init_from) if resume is None
@@ -241,7 +242,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, report: Report | None = None,
             "val": best["metrics"], "test": test, "run_dir": str(run_dir),
             "checkpoint": str(ckpt_dir / "best.pt") if (ckpt_dir / "best.pt").is_file() else None,
             "elapsed_s": elapsed, "steps_per_s": (step - start_step) / max(timings["step_s"] + timings["data_s"], 1e-9),
-            "data_wait_s": timings["data_s"], "git_sha": st.git_sha(), "seed": cfg.train.seed,
+            "data_wait_s": timings["data_s"], **code_identity(), "seed": cfg.train.seed,
         }
         st.write_json(run_dir / "summary.json", summary)
     finally:  # a stopped, pruned or failed run keeps what it logged (TensorBoard's last events too)
