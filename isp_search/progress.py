@@ -24,7 +24,6 @@ class Progress:
         self.bar = None
         self.closed = False
         if enabled and _isatty(self.stream):
-
             self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True, file=self.stream)
 
     def update(self, n: int = 1) -> None:

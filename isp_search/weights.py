@@ -195,7 +195,6 @@ def fetch(dest: str | os.PathLike | None = None, files: Iterable[WeightFile] | N
             continue
         try:
             if w.hf_repo:
-
                 shutil.copyfile(hf_hub_download(w.hf_repo, "model.safetensors"), dest / w.filename)
             else:
                 download_url_to_file(w.url, str(dest / w.filename), hash_prefix=w.sha256, progress=False)
@@ -236,7 +235,6 @@ def load_state_dict_file(name: str) -> dict:
     path = require(name)
     try:
         if path.suffix == ".safetensors":
-
             return load_file(str(path))
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 -- unpickling/zip/safetensors errors share no base class
@@ -279,7 +277,6 @@ def load_torchvision(name: str, mode: WeightsMode):
 
 
 def _init_random_torchvision(model, name: str) -> None:
-
     for m in model.features.modules():
         if isinstance(m, nn.Conv2d) and name.startswith("vgg"):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -3,6 +3,8 @@ features, filled once per image on disk, refused where the real images change fr
 
 from __future__ import annotations
 
+import functools
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ from isp_search.configio import ConfigError
 from isp_search.models import create_generator
 from isp_search.train.config import MODE_TERMS
 from isp_search.train.real_cache import RealCache
-from isp_search.train.step import FrozenNets, build_discriminators, discriminator_step, generator_step
+from isp_search.train.step import FrozenNets, build_discriminators, discriminator_step, GeneratorStepOptions, generator_step
 
 torch.set_num_threads(1)
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -28,7 +30,8 @@ def _step(gen, nets, discs, batch, cache):
     gradient on its features; returns (generator gradient, discriminator gradients, Branches)."""
     start = [p.detach().clone() for p in gen.parameters()]
     _, br = generator_step(gen, torch.optim.SGD(gen.parameters(), lr=1.0), batch, nets, discs,
-                           {t: 1.0 for t in TERMS}, True, eps=1e-30, d_terms=list(discs), real_cache=cache)
+                           {t: 1.0 for t in TERMS},
+                           GeneratorStepOptions(True, eps=1e-30, d_terms=list(discs), real_cache=cache))
     g = torch.cat([(a - p.detach()).flatten() for a, p in zip(start, gen.parameters())])
     with torch.no_grad():
         for p, a in zip(gen.parameters(), start):
@@ -84,17 +87,75 @@ def test_cache_real_refused_where_real_images_change(extra):
     assert "features.cache_real" in msg and len(msg.splitlines()) == 1
 
 
-def test_training_with_cache_real_fills_it_once(synth_root, tmp_path, monkeypatch):
-    from isp_search.train import apply_overrides, load_train_config, train
+def _first_batch(args, kwargs) -> dict:
+    """The batch argument of a ``generator_step`` call, wherever its signature puts it."""
+    return next(a for a in (*args, *kwargs.values()) if isinstance(a, dict) and "input" in a)
 
+
+@pytest.mark.parametrize("mode", [True, "auto"])  # auto: on, since the images are whole and unaugmented
+def test_training_with_cache_real_computes_each_real_image_once(synth_root, tmp_path, monkeypatch, capfd, mode):
+    """Two epochs of training: every frozen network sees each distinct real image exactly once (epoch 1 fills the
+    cache; epoch 2 draws every image again and reads all of it), counted by a forward hook on the networks."""
+    import numpy as np
+
+    from isp_search.train import apply_overrides, load_train_config, loop, train
+
+    rows: Counter = Counter()  # real (no-gradient) images through each frozen network, from the first G step on
+    seen: dict[str, list[int]] = {"index": [], "target_index": []}
+    active, handles = [False], []
+
+    def count(name, module, args, output):
+        if active[0] and not torch.is_grad_enabled():
+            rows[name] += args[0].shape[0]
+
+    original_init, original_step = FrozenNets.__init__, loop.generator_step
+
+    def init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        handles.extend(m.register_forward_hook(functools.partial(count, n)) for n, m in self.named_children())
+
+    def step(*args, **kwargs):
+        active[0] = True  # the discriminators' size probe before training is not a real image
+        batch = _first_batch(args, kwargs)
+        for k in seen:
+            seen[k] += batch[k].tolist()
+        return original_step(*args, **kwargs)
+
+    monkeypatch.setattr(FrozenNets, "__init__", init)
+    monkeypatch.setattr(loop, "generator_step", step)
     monkeypatch.setenv("ISP_SEARCH_REAL_CACHE", str(tmp_path / "real"))
     cfg = apply_overrides(load_train_config(CONFIGS / "smoke_unpaired.yaml"), {
         "data.root": str(synth_root), "data.synthetic": False, "data.patch_size": None, "data.eval_limit": 1,
-        "features.cache_real": True, "train.steps": 2, "train.eval_interval": 2, "train.batch_size": 4,
+        "features.cache_real": mode, "train.steps": 4, "train.eval_interval": 4, "train.batch_size": 4,
         "train.progress": False})
-    assert train(cfg, tmp_path / "run")["status"] == "completed"
+    try:
+        assert train(cfg, tmp_path / "run")["status"] == "completed"
+    finally:
+        for h in handles:  # the frozen networks are shared process-wide (step._NET_CACHE)
+            h.remove()
+    samples, targets = set(seen["index"]), set(seen["target_index"])
+    assert len(seen["index"]) == 16 and len(samples) == len(targets) == 8  # two epochs: every image drawn twice
+    # content: VGG on each RAW sample's reference; vit and alex_gray: ViT and AlexNet on each target photo
+    assert dict(rows) == {"vgg": len(samples), "vit": len(targets), "alex": len(targets)}
     (folder,) = (tmp_path / "real").iterdir()
-    import numpy as np
+    for branch, n in (("content", len(samples)), ("vit", len(targets)), ("alex_gray", len(targets))):
+        assert np.fromfile(folder / f"{branch}.filled", dtype=np.uint8).sum() == n, branch
+    if mode == "auto":
+        assert "features.cache_real auto: on (whole, unaugmented images)" in capfd.readouterr().err
 
-    filled = np.fromfile(folder / "vit.filled", dtype=np.uint8)
-    assert filled.sum() >= 4  # the first step's targets, stored as drawn
+
+@pytest.mark.parametrize("extra, why", [({"data.patch_size": 32}, "data.patch_size is 32"),
+                                        ({"data.augment": True}, "data.augment is true")])
+def test_cache_real_auto_is_off_where_real_images_change(synth_root, tmp_path, capfd, extra, why):
+    from isp_search.data.datasets import make_datasets
+    from isp_search.train import apply_overrides, load_train_config
+    from isp_search.train.real_cache import open_real_cache
+
+    cfg = apply_overrides(load_train_config(CONFIGS / "smoke_unpaired.yaml"), {
+        "data.root": str(synth_root), "data.synthetic": False, "data.patch_size": None, "train.progress": False,
+        **extra})
+    assert cfg.features.cache_real == "auto"  # the default
+    ds = make_datasets(cfg)["train"]
+    assert open_real_cache(cfg, ds, None, torch.device("cpu"), "float32", tmp_path / "real") is None
+    assert f"features.cache_real auto: off, {why}" in capfd.readouterr().err
+    assert not (tmp_path / "real").exists()

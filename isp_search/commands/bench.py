@@ -41,7 +41,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
     src = Path(args.model)
     if not src.exists():
         raise UserError(f"{src}: no such model file or folder")
@@ -100,7 +99,6 @@ def run(args: argparse.Namespace) -> int:
     if loaded is None and src.is_dir():
         export_json = src / "export.json"
         if export_json.is_file():
-
             meta = json.loads(export_json.read_text())
             try:
                 loaded = load_generator(meta["source"], arch=meta.get("arch"))
@@ -156,6 +154,5 @@ def _run_mobile(args: argparse.Namespace, tflite: Path) -> int:
 
 
 def _output_size(tflite: Path) -> tuple[int, int]:
-
     shape = interpreter(tflite).get_output_details()[0]["shape"]
     return int(shape[1]), int(shape[2])

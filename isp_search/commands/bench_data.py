@@ -128,7 +128,6 @@ def bench_data(cfg: Any, seconds: float = 3.0, workers: int | None = None, steps
         "cpu_cores": len(os.sched_getaffinity(0)),
     }
     if step_ms is None and with_step:
-
         b = bench_train(cfg, steps)
         step_ms = b["step_ms"] - b["time_ms"].get("data_wait", 0.0)
         res["step_device"], res["step_batch_size"] = b["device"], b["batch_size"]
@@ -141,7 +140,6 @@ def bench_data(cfg: Any, seconds: float = 3.0, workers: int | None = None, steps
 
 
 def run(args: argparse.Namespace) -> int:
-
     if args.seconds <= 0 or args.steps < 1 or (args.workers is not None and args.workers < 0):
         raise UserError("--seconds must be > 0, --steps >= 1 and --workers >= 0")
     cfg = load_train_config(args.config, args.overrides)

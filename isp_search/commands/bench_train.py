@@ -41,7 +41,6 @@ def _print_variant(name: str, v: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
     if args.steps < 1:
         raise UserError(f"--steps must be >= 1, got {args.steps}")
     res = bench_train(load_train_config(args.config, args.overrides), args.steps, args.against_naive,

@@ -27,7 +27,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
     res = check_method("small" if args.small else "full", args.work_dir, args.seed)
     print(json.dumps(res) if args.json else describe(res))
     return 0 if res["passed"] else 1

@@ -52,7 +52,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_synth(args: argparse.Namespace) -> int:
-
     out = synthesize(args.out, args.format, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,
                      seed=args.seed, size=args.size, dead_leaves=args.dead_leaves)
     stats = split_stats(out, args.format)
@@ -67,7 +66,6 @@ def run_synth(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-
     report = check_dataset(args.root, args.format)
     print(json.dumps(report) if args.json else format_report(report))
     return 0

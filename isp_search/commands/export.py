@@ -36,7 +36,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
     formats = parse_formats(args.formats)
     size = parse_size(args.size)
     calib = (args.calib_data, args.calib_format) if args.calib_data else None
@@ -50,7 +49,6 @@ def run(args: argparse.Namespace) -> int:
         for k, v in r.paths.items():
             print(f"wrote {k}: {v} ({r.bytes[k]} bytes, sha256 {r.sha256[k][:12]})")
     if not r.passed:
-
         print(f"isp-search: export refused: {r.reason} (details: {args.out}/export.json)", file=sys.stderr)
         return 1
     return 0

@@ -65,20 +65,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _rows(path) -> list[dict]:
-
     return LB.read(path).to_pylist()
 
 
 def _direction(col: str) -> str:
     try:
-
         return direction(col)
     except Exception:  # columns that are not metrics
         return "min" if col in ("lpips", "dists", "latency_ms", "params", "macs") else "max"
 
 
 def run_show(args: argparse.Namespace) -> int:
-
     rows = _rows(args.path)
     if rows and args.sort not in rows[0]:
         raise UserError(f"--sort {args.sort!r}: not a column; valid: {', '.join(rows[0])}")

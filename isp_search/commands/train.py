@@ -29,14 +29,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
     cfg = load_train_config(args.config, args.overrides)
     run_dir = args.run_dir or args.resume
     if run_dir is None:
         name = cfg.name or Path(args.config).stem
         run_dir = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if args.resume:
-
         resolve_resume(args.resume)  # a bad path fails before any work
     summary = train(cfg, run_dir, resume=args.resume)
     if args.json:

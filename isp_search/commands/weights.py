@@ -33,7 +33,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_status(args: argparse.Namespace) -> int:
-
     if args.weights_dir:
         W.set_weights_dir(args.weights_dir)
     rows = W.status(verify=args.verify)
@@ -55,7 +54,6 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def run_fetch(args: argparse.Namespace) -> int:
-
     got = fetch(args.dir)
     print("fetched: " + (", ".join(got) if got else "nothing (all present)"))
     return 0

@@ -53,7 +53,6 @@ def keep_freed_memory() -> None:
         return
     _TUNED_PID = os.getpid()
     try:
-
         libc = ctypes.CDLL("libc.so.6")
     except OSError:  # not glibc (macOS, musl): nothing to tune
         return

@@ -54,7 +54,6 @@ def read_raw(path: str | os.PathLike) -> np.ndarray:
 
 
 def _read_dng(p: Path) -> np.ndarray:
-
     if not p.is_file():
         raise DataError(f"{p}: no such file")
     try:

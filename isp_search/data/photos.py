@@ -99,7 +99,6 @@ def load_photo(name: str) -> np.ndarray:
     if photo is None:
         raise UserError(f"unknown photo {name!r}; known: {', '.join(PHOTOS)}")
     if photo.package == "scikit-image":
-
         img = getattr(skimage.data, photo.file)()
         if isinstance(img, tuple):  # stereo_motorcycle -> (left, right, disparity): the left view only
             img = img[0]

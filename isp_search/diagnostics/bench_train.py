@@ -30,7 +30,7 @@ from isp_search.data.datasets import make_datasets
 from isp_search.train.config import TrainConfig, train_config_from_dict
 from isp_search.train.loop import STEP_KEYS, pick_device
 from isp_search.train.losses import LOSSES
-from isp_search.train.real_cache import CACHED_BRANCHES, RealCache, open_real_cache
+from isp_search.train.real_cache import CACHED_BRANCHES, RealCache, open_real_cache, varying_real_images
 from isp_search.train.step import (
     BRANCH_NET,
     Branches,
@@ -187,7 +187,6 @@ def bench_train(cfg: TrainConfig, steps: int = 5, against_naive: bool = False,
     """Profile ``steps`` training steps of ``cfg`` (see the module docstring); returns one flat-ish dict. The
     variants take turns on the same batches, step by step, so a change in machine load hits them alike."""
     if compare_cache:
-
         train_config_from_dict(to_dict(replace(cfg, features=replace(cfg.features, cache_real=True))),
                                name="bench-train --compare-cache")  # refuses augmented / cropped data (one line)
     s = _Setup(cfg)
@@ -195,7 +194,9 @@ def bench_train(cfg: TrainConfig, steps: int = 5, against_naive: bool = False,
     tmp = tempfile.mkdtemp(prefix="isp-search-bench-real-")
     try:
         dtype = "float32"  # bench-train runs without autocast
-        use = cfg.features.cache_real and not compare_cache  # --compare-cache: ours without, then with
+        use = cfg.features.cache_real is True or (cfg.features.cache_real == "auto"
+                                                  and varying_real_images(cfg, s.ds) is None)
+        use = use and not compare_cache  # --compare-cache: ours without, then with
         on = replace(cfg, features=replace(cfg.features, cache_real=True))
         caches = {}
         if use or compare_cache:

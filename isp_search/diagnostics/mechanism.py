@@ -71,7 +71,6 @@ class _GradCapture(torch.optim.Optimizer):
 
 
 def _features(nets, term: str, img: torch.Tensor) -> torch.Tensor:
-
     spec = LOSSES.get(term)
     br = Branches(nets, img, {"target": img, "reference": img}, False)
     return pick_output(br.real(spec.branch), spec.output).detach()

@@ -79,7 +79,6 @@ def bench_onnx(path: str | os.PathLike, threads: int = 2, runs: int = 20, warmup
 
 
 def bench_torch(model, input_shape_nchw: tuple[int, ...], threads: int = 2, runs: int = 20, warmup: int = 3) -> dict:
-
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

@@ -114,7 +114,6 @@ def _nhwc(t: torch.Tensor) -> np.ndarray:
 
 
 def _default_calib() -> tuple[str, str]:
-
     root = Path(os.environ.get("ISP_SEARCH_CACHE", Path.home() / ".cache" / "isp-search")) / "synth_mai2022"
     ensure_synthetic(root, "mai2022")
     return str(root), "mai2022"

@@ -162,7 +162,6 @@ def _parity_columns(gates: dict, suffix: str = "") -> list[dict]:
 
 
 def _eval_identity(data: tuple[str, str] | None, split: str, loaded: LoadedGenerator) -> dict:
-
     if data is None:
         return {}
     try:
@@ -207,7 +206,6 @@ def publish(source: LoadedGenerator | str | os.PathLike, out_dir: str | os.PathL
     if not result.passed:
         return Published(model_id, result, None)
     if metrics is None and data is not None:
-
         ds = RawRGBDataset(data[0], data[1], "test", loaded.spec, preset=loaded.preset, caching=Caching(with_reference=False))
         metrics = {**evaluate_model(loaded.model, loaded.spec, ds, weights_mode=weights_mode), "split": "test"}
     metrics = dict(metrics or {})

@@ -27,7 +27,6 @@ def mirror_uri(storage_path: str, experiment: str, optuna_storage: str) -> str |
 
 
 def _size(fs, path: str) -> int:
-
     info = fs.get_file_info(path)
     return info.size if info.type == pafs.FileType.File else -1
 

@@ -115,10 +115,11 @@ class FeaturesCfg:
     """reference: the authors' inputs (grayscale [0, 1] into AlexNet, blurred [0, 1] RGB into the ViT), on which
     their gamma and learning rates were tuned (docs/method.md §4.7); normalized: each network's own input
     normalisation."""
-    cache_real: bool = False
+    cache_real: bool | Literal["auto"] = "auto"
     """Compute each training image's real-branch features (VGG/ViT/AlexNet on the real images) once and keep them
-    memory-mapped on local disk (``$ISP_SEARCH_REAL_CACHE``); needs fixed real images: no data.augment, no
-    data.patch_size."""
+    memory-mapped on local disk (``$ISP_SEARCH_REAL_CACHE``); valid only for fixed real images (no data.augment,
+    no data.patch_size, photos the size of the outputs). auto: on exactly where it is valid (the run's log says
+    which); true: on, refused where invalid."""
 
 
 @dataclass(frozen=True)
@@ -224,7 +225,7 @@ def _check(cfg: TrainConfig, src: Source) -> TrainConfig:
             t = bad[0] if bad else "mode"
             key = f"losses.{t}" if bad else "data.pairing"
             raise ConfigError(f"{src.where(key)}: {key}: needs paired data, but data.pairing is {cfg.pairing!r}")
-    if cfg.features.cache_real and (cfg.data.augment or cfg.data.patch_size is not None):
+    if cfg.features.cache_real is True and (cfg.data.augment or cfg.data.patch_size is not None):
         why = "data.augment is true" if cfg.data.augment else f"data.patch_size is {cfg.data.patch_size} (random crops)"
         raise ConfigError(f"{src.where('features.cache_real')}: features.cache_real: needs the same real images every "
                           f"draw, but {why}; set features.cache_real: false or train on whole unaugmented images")

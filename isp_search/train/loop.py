@@ -49,7 +49,6 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-
         raise UserError("train.device: cuda asked for, but no CUDA device is available; use auto or cpu")
     return torch.device(name)
 
@@ -63,7 +62,6 @@ def train(cfg: TrainConfig, run_dir: str | Path, report: Report | None = None,
     """
     t_start = time.time()
     if cfg.mode in GAN_MODES and not cfg.model.init_from and resume is None and not cfg.model.allow_scratch:
-
         raise ConfigError(f"model.init_from: a {cfg.mode} (GAN) stage starts from a pretrained generator; set "
                           "model.init_from to the pretrain run, or model.allow_scratch: true to start from random")
     run_dir = Path(run_dir)
@@ -86,7 +84,6 @@ def train(cfg: TrainConfig, run_dir: str | Path, report: Report | None = None,
     preset = cfg.model.preset or spec.preset
     gen = spec.build().to(device)
     if cfg.model.init_from and resume is None:
-
         gen.load_state_dict(load_generator(cfg.model.init_from, arch=cfg.model.arch).model.state_dict())
     multipliers = {t: cfg.multiplier(t) for t in cfg.active_terms}
     content_lab = cfg.content_lab
@@ -132,13 +129,12 @@ def train(cfg: TrainConfig, run_dir: str | Path, report: Report | None = None,
     train_ds.set_epoch(order.epoch)
     start_step = step
 
-
-
     evaluator = Evaluator(("psnr", "ssim", "lpips"), cfg.backbone_weights, device)
     # deferred: tensorboard imports TensorFlow when it is installed (seconds, and triton crashes after it)
     from torch.utils.tensorboard import SummaryWriter
 
-    tb = SummaryWriter(str(run_dir / "tb"), purge_step=step)
+    tb = SummaryWriter(str(run_dir / "tb"), purge_step=step)  # a resumed run's repeated steps replace the old
+    st.truncate_log(run_dir / "metrics.jsonl", step if resume is not None else -1)  # each step's rows once
     log = (run_dir / "metrics.jsonl").open("a")
 
     def emit(kind: str, at: int, metrics: dict[str, Any]) -> None:

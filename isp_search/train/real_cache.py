@@ -189,29 +189,43 @@ def cache_key(ds: Any, settings: Mapping[str, Any], nets: torch.nn.Module) -> st
     return h.hexdigest()[:24]
 
 
-def check_fixed_targets(ds: Any) -> None:
-    """Unpaired targets are fitted to each RAW's size by a random crop unless every photo already has that size:
-    refuse the cache then (the real features would change from draw to draw)."""
-    if ds.pairing_mode == "paired" or ds.references is None:
-        return
+def varying_real_images(cfg: Any, ds: Any) -> str | None:
+    """Why the real images of ``ds`` change from draw to draw (so their features cannot be cached), or None.
 
+    Random patches and augmentation change them; so do unpaired targets, fitted to each RAW's size by a random
+    crop unless every photo already has that size."""
+    if cfg.data.augment:
+        return "data.augment is true"
+    if cfg.data.patch_size is not None:
+        return f"data.patch_size is {cfg.data.patch_size} (random crops)"
+    if ds.pairing_mode == "paired" or ds.references is None:
+        return None
     sizes = {tuple(s) for s in ds.references.shapes}
     for p in ds.listing.rgb_pool:
         with Image.open(p) as im:  # reads the header only
             hw = (im.height, im.width)
         if len(sizes) != 1 or hw not in sizes:
-            raise UserError(f"features.cache_real: photo {p} is {hw[0]}x{hw[1]} but the RAW outputs are "
-                            f"{sorted(sizes)}: its crop is random, so its real features are not fixed; "
-                            "set features.cache_real: false")
+            return (f"photo {p} is {hw[0]}x{hw[1]} but the RAW outputs are {sorted(sizes)}: its crop is random")
+    return None
 
 
 def open_real_cache(cfg: Any, ds: Any, nets: torch.nn.Module, device: torch.device, dtype: str,
                     root: str | os.PathLike | None = None) -> RealCache | None:
-    """The real-feature cache of training split ``ds`` under ``cfg`` (None when ``features.cache_real`` is off).
+    """The real-feature cache of training split ``ds`` under ``cfg`` (None when ``features.cache_real`` is off, or
+    auto where the real images vary).
     ``dtype``: the frozen networks' compute dtype (float32, or bfloat16 under autocast)."""
-    if not cfg.features.cache_real:
+    mode = cfg.features.cache_real
+    if mode is False:
         return None
-    check_fixed_targets(ds)
+    why = varying_real_images(cfg, ds)
+    if why and mode is True:
+        raise UserError(f"features.cache_real: {why}, so the real features are not fixed; "
+                        "set features.cache_real: false (or auto)")
+    if mode == "auto":
+        print(f"isp-search: features.cache_real auto: {'off, ' + why if why else 'on (whole, unaugmented images)'}",
+              file=sys.stderr, flush=True)
+        if why:
+            return None
     d = cfg.data
     settings = {"format": ds.format, "demosaicer": d.demosaicer, "look": ds.look.key(), "patch": d.patch_size,
                 "content_lab": cfg.content_lab, "content_ref": cfg.content_vs_reference, "input": cfg.features.input,

@@ -120,3 +120,27 @@ def _jsonable(v: Any) -> Any:
     if hasattr(v, "item"):
         return v.item()
     return str(v)
+
+
+def truncate_log(path: Path, step: int) -> int:
+    """Keep the rows of a ``metrics.jsonl`` up to ``step`` (a run resumed from its step-``step`` checkpoint writes
+    the later ones again; -1: a fresh start keeps none); returns how many were dropped. A torn line (a kill
+    mid-write) is dropped too."""
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            dropped += 1
+            continue
+        if row.get("step", 0) <= step:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(f"{ln}\n" for ln in kept))
+        os.replace(tmp, path)
+    return dropped

@@ -137,7 +137,6 @@ class _Clock:
     """Adds the seconds since the previous lap to ``timer[name]`` (no-op without a timer)."""
 
     def __init__(self, timer: dict[str, float] | None) -> None:
-
         self.timer, self.now = timer, time.perf_counter
         self.t = self.now()
 
