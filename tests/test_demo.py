@@ -31,6 +31,8 @@ def test_verdict_names_each_objective_against_the_start():
     assert lines[2] == "did the best trial beat the pretrain start? LPIPS yes (0.25 vs 0.3); PSNR no (16.5 vs 17)"
     better = compare_with_start(start, PostSummary(None, [_entry(2, 0.35, 17.5)]), space, "x").splitlines()[2]
     assert better.endswith("LPIPS no (0.35 vs 0.3); PSNR yes (17.5 vs 17)")
+    same = compare_with_start(start, PostSummary(None, [_entry(3, 0.30 + 1e-9, 17.0)]), space, "x").splitlines()[2]
+    assert same.endswith("LPIPS no (the best is the start itself, 0.3); PSNR no (the best is the start itself, 17)")
     none = compare_with_start(start, PostSummary(None, []), space, "x").splitlines()
     assert none[1].endswith("none (no COMPLETE trial)") and "LPIPS: not measured" in none[2]
 

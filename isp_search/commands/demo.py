@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -90,6 +91,9 @@ def compare_with_start(start: dict[str, float], summary, space, init: str) -> st
         best = max(entries, key=lambda e: sign * e.values[o.metric])
         b, s0 = best.values[o.metric], start[o.metric]
         best_parts.append(f"{o.metric} {b:.4g} (#{best.number})")
+        if math.isclose(b, s0, rel_tol=1e-5, abs_tol=1e-7):  # the start itself, evaluated again
+            verdicts.append(f"{o.metric.upper()} no (the best is the start itself, {b:.4g})")
+            continue
         beat = sign * (b - s0) > 0
         verdicts.append(f"{o.metric.upper()} {'yes' if beat else 'no'} ({b:.4g} vs {s0:.4g})")
     lines.append("best trial per objective: " + (", ".join(best_parts) or "none (no COMPLETE trial)"))
