@@ -307,6 +307,7 @@ def _cli(*args):
                           capture_output=True, text=True, cwd=REPO, timeout=120)
 
 
+@pytest.mark.slow  # `isp-search data check` in fresh processes (~12 s on 2 cores)
 def test_data_check_cli(tmp_path):
     root = tmp_path / "set"
     r = _cli("synth", root, "--format", "mai2022", "--n-train", 4, "--n-val", 1, "--n-test", 1, "--size", 16)

@@ -133,6 +133,7 @@ def test_int8_is_judged_on_images_it_was_not_calibrated_on(tmp_path, synth_root)
     assert "QUANTIZE" in op_list(res.paths["tflite_int8"])
 
 
+@pytest.mark.slow  # a CLI export to ONNX + TFLite in a fresh process (~35 s on 2 cores)
 def test_cli_exports_paper_state_dict_with_arch(tmp_path, synth_root):
     sd = tmp_path / "paper_robust.pth"
     torch.save(create_generator("robust_isp").state_dict(), sd)

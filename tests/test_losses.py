@@ -160,6 +160,7 @@ print(repr([res["lpips"].tolist(), res["dists"].tolist(), sums]))
 """
 
 
+@pytest.mark.slow  # two fresh processes build every random feature network (~11 s on 2 cores)
 def test_random_feature_networks_are_identical_in_two_fresh_processes():
     """Random LPIPS/DISTS/VGG/ViT/AlexNet come from a fixed seed per network name, not the global RNG: two
     processes with different global seeds give the same LPIPS and DISTS values and the same weights, and building

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -11,12 +12,18 @@ import sys
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from skimage.metrics import structural_similarity
 
 from isp_search import weights
+from isp_search.cli import build_parser, main
 from isp_search.errors import UserError
 from isp_search.metrics import METRICS, Evaluator, build_dists, build_lpips, compute, direction, evaluate_model
+from isp_search.models import create_generator, spec_for
+from isp_search.models.checkpoint import save_generator
 from isp_search.ssim import ms_ssim, ms_ssim_scales, ssim
+
+from datasets import dataset
 
 
 def _cli(*args, env=None):
@@ -172,10 +179,10 @@ def test_resolver_order_hf_cache_wheels_and_missing(tmp_path, monkeypatch):
         weights.set_weights_dir(tmp_path / "nope")
 
 
+@pytest.mark.slow  # two CLIs in fresh processes, isolated from this process's weights folder (~11 s)
 def test_fetch_verifies_hash_and_fails_in_one_line(tmp_path):
     src = tmp_path / "src.pth"
     src.write_bytes(b"weights")
-    import hashlib
 
     sha = hashlib.sha256(b"weights").hexdigest()[:8]
     ok = weights.WeightFile("t", "t-file.pth", src.as_uri(), sha, "test")
@@ -195,28 +202,66 @@ def test_fetch_verifies_hash_and_fails_in_one_line(tmp_path):
     assert r.returncode == 0 and rows["vgg19"]["path"] is None and rows["dists_alpha_beta"]["path"]
 
 
-def test_eval_command_and_evaluate_model(synth_root, tmp_path, monkeypatch, capsys):
-    from isp_search.data.dataset import RawRGBDataset
-    from isp_search.models import create_generator, spec_for
-    from isp_search.models.checkpoint import save_generator
+def _ground_truth(root, split: str) -> list[np.ndarray]:
+    """The split's ground-truth photos ({split}/fujifilm/{i}.png) in numeric order, read straight from the files
+    (PIL, not the project's readers), float (H, W, 3) in [0, 1]."""
+    files = sorted((root / split / "fujifilm").glob("*.png"), key=lambda f: int(f.stem))
+    return [np.asarray(Image.open(f).convert("RGB"), dtype=np.float64) / 255.0 for f in files]
 
+
+def _psnr_np(pred: np.ndarray, gt: np.ndarray) -> float:
+    return float(10 * np.log10(1.0 / max(np.mean((pred - gt) ** 2), 1e-10)))
+
+
+def test_eval_scores_against_the_paired_ground_truth(synth_root, tmp_path, monkeypatch, capsys):
+    """`isp-search eval` (in process) and evaluate_model score the model's output against the split's own
+    ground-truth files: a real model's metrics equal the ones computed here against those files, and a model whose
+    output is that ground truth scores perfectly."""
+
+    gts = _ground_truth(synth_root, "test")
+    assert len(gts) == 4
     torch.manual_seed(0)
     model = create_generator("efficient_isp")
     ck = save_generator(tmp_path / "ck.pt", model, "efficient_isp", "paper")
-    r = _cli("eval", "--weights", ck, "--data", synth_root, "--format", "mai2022", "--split", "test",
-             "--backbone-weights", "random", "--json")
-    assert r.returncode == 0, r.stderr
-    res = json.loads(r.stdout)
+    assert main(["eval", "--weights", str(ck), "--data", str(synth_root), "--format", "mai2022", "--split", "test",
+                 "--backbone-weights", "random", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
     assert res["n_images"] == 4 and res["lpips_weights"] == "random" and res["ms_ssim_scales"] == 3
     assert all(np.isfinite(res[k]) for k in ("psnr", "ssim", "ms_ssim", "lpips", "dists"))
-    ds = RawRGBDataset(synth_root, "mai2022", "test", spec_for("efficient_isp"), with_reference=False)
+    ds = dataset(synth_root, "mai2022", "test", spec_for("efficient_isp"), with_reference=False)
     model.train()
     mine = evaluate_model(model, spec_for("efficient_isp"), ds, "random", names=["psnr", "ssim"], batch_size=2)
     assert model.training and mine["n_images"] == 4
     assert mine["psnr"] == pytest.approx(res["psnr"], abs=1e-4) and mine["ssim"] == pytest.approx(res["ssim"], abs=1e-5)
-    # pretrained (the default) with no weights anywhere: one line naming the file, before any work
-    from isp_search.cli import main
+    model.eval()
+    with torch.no_grad():  # the same model's outputs against the ground-truth files, scored here
+        outs = [model(ds[i]["input"][None]).clamp(0, 1)[0].permute(1, 2, 0).double().numpy() for i in range(4)]
+    assert res["psnr"] == pytest.approx(np.mean([_psnr_np(o, g) for o, g in zip(outs, gts)]), abs=1e-3)
+    files = compute(torch.from_numpy(np.stack(outs)).permute(0, 3, 1, 2).float(),
+                    torch.from_numpy(np.stack(gts)).permute(0, 3, 1, 2).float(), ["ssim", "lpips", "dists"], "random")
+    for k in ("ssim", "lpips", "dists"):
+        assert res[k] == pytest.approx(files[k], abs=1e-4), k
 
+    class Oracle(torch.nn.Module):
+        """Outputs the ground truth of the image it is called on (the split is read in numeric file order)."""
+
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+            self.anchor = torch.nn.Parameter(torch.zeros(()))  # evaluate_model takes the device from a parameter
+
+        def forward(self, x):
+            gt = torch.from_numpy(gts[self.calls]).float().permute(2, 0, 1)[None]
+            self.calls += 1
+            return gt.expand(x.shape[0], -1, -1, -1)
+
+    oracle = Oracle()
+    perfect = evaluate_model(oracle, spec_for("efficient_isp"), ds, "random")
+    assert oracle.calls == 4 and perfect["n_images"] == 4
+    assert perfect["psnr"] == pytest.approx(100.0)  # the PSNR_MSE_FLOOR cap: identical images
+    assert perfect["ssim"] == pytest.approx(1.0, abs=1e-5) and perfect["ms_ssim"] == pytest.approx(1.0, abs=1e-5)
+    assert perfect["lpips"] == pytest.approx(0.0, abs=1e-6) and perfect["dists"] == pytest.approx(0.0, abs=1e-5)
+    # pretrained (the default) with no weights anywhere: one line naming the file, before any work
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "t"))
     monkeypatch.delenv(weights.ENV, raising=False)
     code = main(["eval", "--weights", str(ck), "--data", str(synth_root), "--format", "mai2022"])
@@ -226,7 +271,6 @@ def test_eval_command_and_evaluate_model(synth_root, tmp_path, monkeypatch, caps
 
 def _parsers():
     """(command words, parser) for every subcommand the CLI discovers, nested ones included."""
-    from isp_search.cli import build_parser
 
     out, todo = [], [((), build_parser())]
     while todo:
@@ -245,7 +289,6 @@ def test_top_level_help_runs():
 
 @pytest.mark.parametrize("words", [w for w, _ in _parsers() if w], ids=lambda w: " ".join(w))
 def test_every_subcommand_help_describes_every_option(words, capsys):
-    from isp_search.cli import main
 
     with pytest.raises(SystemExit) as e:
         main([*words, "--help"])

@@ -115,6 +115,7 @@ def test_unpaired_item_decodes_only_its_target(tmp_path, monkeypatch):
     assert decodes(pairing="shuffled", paired_target=True) == [2] * len(shuffled)
 
 
+@pytest.mark.slow  # `isp-search bench-data` in a fresh process (~9 s)
 def test_bench_data_cli_smoke(tmp_path):
     """Smoke test: bench-data --pack on a tiny set reports every source and the loader (no step)."""
     root = _mai(tmp_path / "d", n_train=8, size=16)

@@ -60,6 +60,7 @@ def _group(dom: str, gid: str) -> str:
     return dom[start:dom.index("</g>", start)]
 
 
+@pytest.mark.slow  # the report CLI in a fresh process, rendered by headless Chromium (~11 s)
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian chromium not installed (scripts/system-deps.sh)")
 def test_report_in_chromium_keeps_a_model_without_latency(tmp_path):
     p = tmp_path / "lb.parquet"
