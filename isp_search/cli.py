@@ -10,7 +10,7 @@ import sys
 
 from isp_search import __version__
 from isp_search.commands import COMMANDS
-from isp_search.errors import UserError
+from isp_search.errors import UserError, as_the_user_knows_it
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as e:
-        print(f"isp-search: error: {e}", file=sys.stderr)
+        print(f"isp-search: error: {as_the_user_knows_it(str(e))}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("isp-search: interrupted", file=sys.stderr)

@@ -180,9 +180,15 @@ def test_study_killed_in_prepare_and_in_pretrain_then_resumed(cluster, tmp_path)
     best = torch.load(ck / "best.pt", map_location="cpu", weights_only=False)
     assert "optim_state" not in best and (ck / "best.pt").stat().st_size * 20 < (ck / "last.pt").stat().st_size
 
-    rows = read(tmp_path / "results" / "leaderboard.parquet").to_pylist()
-    assert len(rows) == 1 and rows[0]["search_id"] == name and rows[0]["trial_id"] in ids
-    assert rows[0]["code_sha256"] == code_identity()["code_sha256"]
+    # the baselines, exported and timed like any model: the pretrain start and the default point (the only trial
+    # here, so its Pareto row is that baseline row: one row per deployed weights)
+    rows = {r["model_id"]: r for r in read(tmp_path / "results" / "leaderboard.parquet").to_pylist()}
+    start, default = rows.pop(f"{name}/baseline-start"), rows.pop(f"{name}/baseline-default")
+    assert not rows and {start["kind"], default["kind"]} == {"baseline"} and default["trial_id"] in ids
+    assert start["run_dir"] == str(pre_dir) and start["latency_ms"] > 0 and default["latency_ms"] > 0
+    assert start["code_sha256"] == default["code_sha256"] == code_identity()["code_sha256"]
+    base = json.loads((exp / "baselines.json").read_text())["start"]
+    assert start["psnr"] == pytest.approx(base["test"]["psnr"]) and base["val"]["n_images"] == 2
 
     # 4. the same command submitted again without --resume: refused in one line, nothing touched
     before = tree_digest(tmp_path / "exp"), tree_digest(tmp_path / "results")

@@ -113,8 +113,16 @@ def test_job_submit_search_with_a_diverging_trial(head, tmp_path):
     from isp_search.export.leaderboard import read
 
     rows = read(tmp_path / "results" / "leaderboard.parquet").to_pylist()
-    assert len(rows) == 1 and rows[0]["search_id"] == "job1"
-    assert rows[0]["trial_id"] in {t.user_attrs["ray_trial_id"] for t in trials if t.state.name == "COMPLETE"}
+    # the default point (the first of points_to_evaluate) is a baseline row, exported and timed like any model;
+    # the Pareto trial's own row, unless it is that very trial (then one row: same weights)
+    (default,) = [r for r in rows if r["kind"] == "baseline"]
+    assert default["model_id"] == "job1/baseline-default" and default["trial_id"] == trials[0].user_attrs["ray_trial_id"]
+    assert default["latency_ms"] > 0 and json.loads(default["config"])["baseline"] == "default"
+    searched = [r for r in rows if r["kind"] == "search"]
+    assert len(searched) <= 1 and len(rows) == 1 + len(searched) and all(r["search_id"] == "job1" for r in rows)
+    assert all(r["trial_id"] in {t.user_attrs["ray_trial_id"] for t in trials if t.state.name == "COMPLETE"}
+               for r in searched)
+    assert "baselines (measured on the trials' val and test subsets" in out and "default" in out
     assert (tmp_path / "results" / "leaderboard.html").is_file()
     assert (tmp_path / "results" / "job1" / "plots" / "pareto_front.png").is_file()
     print(f"job submit search: {time.time() - t0:.0f} s")
@@ -122,7 +130,7 @@ def test_job_submit_search_with_a_diverging_trial(head, tmp_path):
     log = tmp_path / "again.log"
     assert driver(space, "--name", "job1", "--resume", address=head.address, log=log).wait(timeout=300) == 0
     assert "already on the leaderboard" in log.read_text(), log.read_text()[-3000:]
-    assert len(read(tmp_path / "results" / "leaderboard.parquet")) == 1
+    assert len(read(tmp_path / "results" / "leaderboard.parquet")) == len(rows)
 
 
 def final_states(exp_dir: Path) -> dict[str, str]:

@@ -13,6 +13,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
               'measure latency: LiteRT/XNNPACK, ONNX Runtime and PyTorch on CPU, or a phone over adb'),
     'bench-data': ('bench_data',
                    "items/s of the data pipeline (files, pack, DataLoader) against the step's consumption"),
+    'bench-scheduler': ('bench_scheduler',
+                        'compare early stopping (MOASHA, ASHA, none, random search) at one budget on curves with a '
+                        'known front'),
     'bench-train': ('bench_train',
                     'profile a training step: time split, FLOPs vs the floor and the textbook DLA'),
     'check-method': ('check_method',
@@ -20,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     'data': ('data',
              'build the synthetic data set or check a data set folder'),
     'demo': ('demo',
-             'run search_spaces/smoke.yaml end to end on CPU: search, export, leaderboard + HTML report'),
+             'run search_spaces/demo.yaml end to end on CPU: pretrain, search, baselines, export, report'),
     'eval': ('eval',
              'evaluate a model: PSNR, SSIM, MS-SSIM, LPIPS, DISTS on a split'),
     'export': ('export',

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import math
 import os
 from pathlib import Path
@@ -23,11 +24,11 @@ from matplotlib.ticker import FuncFormatter, NullFormatter
 DEFAULT_OBJECTIVES = {"lpips": "min", "psnr": "max", "latency_ms": "min"}
 
 # The plain-text table (`isp-search leaderboard`) shows these; the HTML report shows more (see render_html).
-COLUMNS = ("model_id", "backbone", "mode", "search_id", "trial_id", "params", "macs", "psnr", "ssim", "ms_ssim",
+COLUMNS = ("model_id", "kind", "backbone", "mode", "search_id", "trial_id", "params", "macs", "psnr", "ssim", "ms_ssim",
            "lpips", "lpips_weights", "latency_ms", "latency_target", "mai_score")
 
 # Shown in their own columns or tables, never again under "Context".
-_SHOWN = {"model_id", "backbone", "mode", "params", "macs", "macs_size", "psnr", "ssim", "ms_ssim", "lpips",
+_SHOWN = {"model_id", "kind", "backbone", "mode", "params", "macs", "macs_size", "psnr", "ssim", "ms_ssim", "lpips",
           "lpips_weights", "dists", "latency_ms", "mai_score", "latency", "artifacts", "sha256", "sample_crop",
           "target_crop", "config", "created", "parity", "artifact_bytes", "deploy_size", "gate_size", "latency_statistic",
           "mai_target", "data_format", "data_root", "eval_split", "n_test_images", "data_fingerprint"}
@@ -61,6 +62,19 @@ def _items(v) -> dict:
     if v is None:
         return {}
     return dict(v) if not isinstance(v, dict) else v
+
+
+def kind_label(row: dict) -> str:
+    """``search``, or ``baseline`` with its role in the study (start | default) when the row names one."""
+    kind = row.get("kind") or "search"
+    config = row.get("config")
+    if isinstance(config, str):
+        try:
+            config = json.loads(config)
+        except ValueError:
+            config = {}
+    role = config.get("baseline") if isinstance(config, dict) else None
+    return html.escape(f"{kind} ({role})" if kind == "baseline" and role else kind)
 
 
 def _fmt(v) -> str:
@@ -211,7 +225,8 @@ def render_html(rows: list[dict], front: list[bool], title: str = "isp-search le
     plot = scatter_svg(rows, front) if rows else "<p>no models yet</p>"
     random_note = any(r.get("lpips_weights") == "random" for r in rows)
     main = [("#", lambda i, r: str(i + 1)), ("pareto", lambda i, r: "★" if front[i] else ""),
-            ("model", lambda i, r: _fmt(r.get("model_id"))), ("backbone", lambda i, r: _fmt(r.get("backbone"))),
+            ("model", lambda i, r: _fmt(r.get("model_id"))), ("kind", lambda i, r: kind_label(r)),
+            ("backbone", lambda i, r: _fmt(r.get("backbone"))),
             ("mode", lambda i, r: _fmt(r.get("mode"))), ("params", lambda i, r: fmt_count(r.get("params"))),
             ("MACs", lambda i, r: fmt_count(r.get("macs")) + (f" @ {html.escape(r['macs_size'])}"
                                                              if r.get("macs_size") else ""))]
@@ -226,16 +241,18 @@ def render_html(rows: list[dict], front: list[bool], title: str = "isp-search le
              ("MAI score", lambda i, r: _fmt(r.get("mai_score")) + _paren(r.get("mai_target"))),
              ("deployed file", lambda i, r: _deployed_size(r))]
     head = "".join(f"<th>{h}</th>" for h, _ in main)
-    body = "".join(f"<tr class='{'front' if front[i] else ''}' id='row-{i}'>"
+    body = "".join(f"<tr class='{' '.join(c for c, on in (('front', front[i]), ('baseline', r.get('kind') == 'baseline')) if on)}' id='row-{i}'>"
                    + "".join(f"<td>{cell(i, r)}</td>" for _, cell in main) + "</tr>" for i, r in enumerate(rows))
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>
 body{{font-family:sans-serif;margin:24px;color:#222}}
 table{{border-collapse:collapse;font-size:13px;margin-bottom:12px}}
 td,th{{border:1px solid #bbb;padding:4px 8px;text-align:right}} tr.front{{background:#fff3c4}}
+tr.baseline td{{font-style:italic;color:#345}}
 td.l,th.l{{text-align:left}} .pair{{display:inline-block;margin:8px;vertical-align:top}}
 .pair img{{width:160px;image-rendering:pixelated}} figure{{display:inline-block;margin:4px}} .warn{{color:#a40}}
 #pareto svg{{max-width:100%;height:auto}}</style></head><body>
-<h1>{html.escape(title)}</h1><p>{len(rows)} exported models; ★ = Pareto-optimal on LPIPS↓, PSNR↑, latency↓.
+<h1>{html.escape(title)}</h1><p>{len(rows)} exported models; ★ = Pareto-optimal on LPIPS↓, PSNR↑, latency↓;
+<i>baseline</i> rows (italic) are what a search is judged against: its start and its default point.
 Point numbers in the plot are the # column.</p>{_random_note() if random_note else ""}
 <div id="pareto">{plot}</div>
 <h2>Models</h2><div style="overflow-x:auto"><table id="models"><thead><tr>{head}</tr></thead>

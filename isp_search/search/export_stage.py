@@ -23,6 +23,7 @@ from isp_search.export import leaderboard as LB
 from isp_search.export.publish import publish
 from isp_search.export.report import DEFAULT_OBJECTIVES, write_report
 from isp_search.export.settings import Provenance
+from isp_search.search.baselines import Baseline, default_baseline, default_point, start_baseline
 from isp_search.search.context import StudyContext
 from isp_search.search.optuna_storage import load_study
 from isp_search.search.pareto import ParetoEntry, PostSummary, close_orphans, pareto_trials, spread
@@ -44,42 +45,109 @@ def _model_file(folder: Path) -> Path | None:
 def publish_trial(entry: ParetoEntry, result: Any, ctx: StudyContext) -> None:
     """Export, gate and benchmark one Pareto trial from its best Ray checkpoint; append its leaderboard row
     (once: a trial already on the leaderboard, e.g. exported before a ``--resume``, is not added again)."""
-    space, exp = ctx.space, ctx.exp
-    model_id = f"{exp.name}/{entry.trial_id}"  # the row's key
-    board = Path(space.export.results) / "leaderboard.parquet"
-    if board.exists() and model_id in LB.read(board).column("model_id").to_pylist():
-        entry.model_id, entry.note = model_id, "already on the leaderboard (not added again)"
+    exp = ctx.exp
+    entry.model_id = f"{exp.name}/{entry.trial_id}"  # the row's key
+    if _on_board(entry.model_id, ctx):
+        entry.note = "already on the leaderboard (not added again)"
         return
+    base = str(ctx.space.base.config) if not isinstance(ctx.space.base.config, dict) else "inline"
+    provenance = Provenance(kind="search", model_id=entry.model_id, search_id=exp.name, trial_id=entry.trial_id,
+                            mode=ctx.cfg.mode, run_dir=str(result.path) if result else None,
+                            config={**entry.params, "base": base})
+    _publish_checkpoint(entry, result, provenance, f"trial_{entry.trial_id}", ctx)
+
+
+def publish_baseline(b: Baseline, result: Any, ctx: StudyContext) -> None:
+    """Export, gate and time a baseline like any model: a leaderboard row with ``kind: baseline``."""
+    exp = ctx.exp
+    b.model_id = f"{exp.name}/baseline-{b.name}"
+    if _on_board(b.model_id, ctx):
+        b.note = _join(b.note, "already on the leaderboard")
+        b.exported = True
+        _latency_from_board(b, ctx)
+        return
+    base = str(ctx.space.base.config) if not isinstance(ctx.space.base.config, dict) else "inline"
+    config = {"baseline": b.name, "base": base}
+    if b.name == "default":
+        config.update(default_point(ctx.space) or {})
+    provenance = Provenance(kind="baseline", model_id=b.model_id, search_id=exp.name, trial_id=b.trial_id or None,
+                            mode=ctx.cfg.mode, run_dir=b.source if b.name == "start" else
+                            (str(result.path) if result else None), config=config)
+    if b.name == "start":
+        metrics = {**b.test, "split": "test"} if b.test else {**b.val, "split": "val"}
+        res = publish(b.source, Path(ctx.space.export.results) / exp.name / "exports" / "baseline_start",
+                      ctx.space.export.settings, provenance, data=ctx.data, metrics=metrics,
+                      leaderboard_path=_board(ctx))
+        _record(b, res)
+    else:
+        _publish_checkpoint(b, result, provenance, "baseline_default", ctx)
+    if b.duplicate_of:
+        _latency_from_board(b, ctx)
+
+
+def _publish_checkpoint(entry: ParetoEntry | Baseline, result: Any, provenance: Provenance, folder: str,
+                        ctx: StudyContext) -> None:
+    """A trial's best Ray checkpoint exported under ``<results>/<exp>/exports/<folder>``."""
+    space = ctx.space
     ckpt = result.get_best_checkpoint(space.scheduler.metric, ctx.score_mode) if result else None
     if ckpt is None:
-        entry.note = "no checkpoint"
+        entry.note = _join(entry.note, "no checkpoint")
         return
     final = result.metrics or {}
     test = {k.split("/", 1)[1]: v for k, v in final.items() if k.startswith("test/")}
     metrics = test or {**{m: final.get(m) for m in ("psnr", "ssim", "lpips")}, "split": "val"}
-    base = str(space.base.config) if not isinstance(space.base.config, dict) else "inline"
-    provenance = Provenance(kind="search", model_id=model_id, search_id=exp.name, trial_id=entry.trial_id,
-                            mode=ctx.cfg.mode, run_dir=str(result.path), config={**entry.params, "base": base})
-    with ckpt.as_directory() as folder:
-        model = _model_file(Path(folder))
+    with ckpt.as_directory() as checkpoint_dir:
+        model = _model_file(Path(checkpoint_dir))
         if model is None:
-            entry.note = f"no .pt file in {ckpt.path}"
+            entry.note = _join(entry.note, f"no .pt file in {ckpt.path}")
             return
-        res = publish(model, Path(space.export.results) / exp.name / "exports" / f"trial_{entry.trial_id}",
-                      space.export.settings, provenance, data=ctx.data, metrics=metrics, leaderboard_path=board)
+        res = publish(model, Path(space.export.results) / ctx.exp.name / "exports" / folder, space.export.settings,
+                      provenance, data=ctx.data, metrics=metrics, leaderboard_path=_board(ctx))
+    _record(entry, res)
+
+
+def _record(entry: ParetoEntry | Baseline, res: Any) -> None:
     entry.model_id = res.model_id
     entry.exported = res.row is not None
     if res.duplicate_of:
-        entry.note = f"same weights as {res.duplicate_of}, already on the leaderboard (not added again)"
+        entry.duplicate_of = res.duplicate_of
+        entry.note = _join(entry.note, f"same weights as {res.duplicate_of}, already on the leaderboard "
+                                       "(not added again)")
         return
     if res.row is None:
-        entry.note = f"export refused: {res.export.reason}"
+        entry.note = _join(entry.note, f"export refused: {res.export.reason}")
         return
     entry.latency_ms = res.row.get("latency_ms")
     entry.latency_target = res.row.get("latency_target")
+
+
+def _board(ctx: StudyContext) -> Path:
+    return Path(ctx.space.export.results) / "leaderboard.parquet"
+
+
+def _on_board(model_id: str, ctx: StudyContext) -> bool:
+    board = _board(ctx)
+    return board.exists() and model_id in LB.read(board).column("model_id").to_pylist()
+
+
+def _latency_from_board(b: Baseline, ctx: StudyContext) -> None:
+    """A baseline whose row exists already (same id, or same weights): its latency from that row."""
+    key = b.duplicate_of or b.model_id
+    for row in LB.read(_board(ctx)).to_pylist():
+        if row["model_id"] == key:
+            b.latency_ms, b.latency_target = row.get("latency_ms"), row.get("latency_target")
+
+
+def _join(note: str, more: str) -> str:
+    return f"{note}; {more}" if note else more
+
+
+def latency_note(entry: ParetoEntry, space: SearchSpace) -> None:
+    """Whether an exported trial meets its latency target (``export.latency_targets``)."""
     target = space.export.latency_targets.get(entry.latency_target or "cpu")
     if target is not None and entry.latency_ms is not None:
-        entry.note = f"{'meets' if entry.latency_ms <= target else 'misses'} the {target:g} ms target"
+        entry.note = _join(entry.note, f"{'meets' if entry.latency_ms <= target else 'misses'} the {target:g} ms "
+                                       "target")
 
 
 def rank_with_latency(entries: list[ParetoEntry], space: SearchSpace) -> None:
@@ -108,6 +176,15 @@ def write_html(space: SearchSpace) -> tuple[Path, Path]:
     return path, write_report(rows, front, path.with_suffix(".html"))
 
 
+def _guarded(fn: Any, entry: ParetoEntry | Baseline, result: Any, ctx: StudyContext) -> None:
+    """One model failing to export must not lose the others' rows: its failure becomes its note."""
+    try:
+        fn(entry, result, ctx)
+    except Exception as e:
+        log.exception("export of %s failed", entry.model_id or getattr(entry, "trial_id", ""))
+        entry.note = _join(entry.note, f"export failed: {type(e).__name__}: {e}")
+
+
 def export_stage(ctx: StudyContext, results: Any) -> PostSummary:
     """Everything after ``Tuner.fit()``; ``results`` is its ResultGrid (None: study only, nothing exported)."""
     space = ctx.space
@@ -120,21 +197,23 @@ def export_stage(ctx: StudyContext, results: Any) -> PostSummary:
     if closed:
         log.warning("marked %d orphaned Optuna trial(s) FAIL", closed)
     summary = PostSummary(study, plots=save_plots(study, space, Path(space.export.results) / ctx.exp.name / "plots"))
+    summary.baselines = [b for b in (start_baseline(ctx), default_baseline(study, space)) if b is not None]
+    for b in summary.baselines if results is not None else ():  # first: a trial with the same weights says so
+        _guarded(publish_baseline, b, by_id.get(b.trial_id), ctx)
     front = pareto_trials(study, space)
     chosen = set(spread(len(front), space.export.top_k))
     for rank, t in enumerate(front):
+        final = t.user_attrs.get(FINAL_ATTR) or {}
         entry = ParetoEntry(t.number, str(t.user_attrs.get(RAY_TRIAL_ATTR, "")),
-                            dict(zip(space.metric_names, t.values)), dict(t.params))
+                            dict(zip(space.metric_names, t.values)), dict(t.params),
+                            test={k.split("/", 1)[1]: v for k, v in final.items() if k.startswith("test/")})
         if rank not in chosen:
             entry.note = f"not exported (top_k={space.export.top_k} spread along the front)"
-        elif (t.user_attrs.get(FINAL_ATTR) or {}).get("best_step") == 0:
+        elif final.get("best_step") == 0:
             entry.note = "never beat its start (best evaluation at step 0): not exported as a new model"
         elif results is not None:
-            try:
-                publish_trial(entry, by_id.get(entry.trial_id), ctx)
-            except Exception as e:  # one model failing to export must not lose the others' rows
-                log.exception("export of trial %s failed", entry.trial_id)
-                entry.note = f"export failed: {type(e).__name__}: {e}"
+            _guarded(publish_trial, entry, by_id.get(entry.trial_id), ctx)
+            latency_note(entry, space)
         summary.pareto.append(entry)
     if space.export.latency_targets:
         rank_with_latency(summary.pareto, space)

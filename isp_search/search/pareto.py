@@ -28,12 +28,15 @@ class ParetoEntry:
     latency_ms: float | None = None
     model_id: str = ""
     latency_target: str | None = None
+    test: dict[str, float] = field(default_factory=dict)  # its closing report's test metrics (the best checkpoint)
+    duplicate_of: str | None = None  # the leaderboard row that holds the same deployed weights
 
 
 @dataclass
 class PostSummary:
     study: optuna.Study
     pareto: list[ParetoEntry] = field(default_factory=list)
+    baselines: list[Any] = field(default_factory=list)  # isp_search.search.baselines.Baseline: start, default
     leaderboard: Path | None = None
     report: Path | None = None
     plots: list[Path] = field(default_factory=list)

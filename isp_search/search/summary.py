@@ -9,6 +9,7 @@ from optuna.trial import TrialState
 from isp_search.search.experiment import Experiment
 from isp_search.search.pareto import PostSummary
 from isp_search.search.reconcile import FAIL_ATTR, RAY_TRIAL_ATTR, final_trials
+from isp_search.search.baselines import beats, difference
 from isp_search.search.space import SearchSpace
 
 
@@ -32,6 +33,7 @@ def format_summary(summary: PostSummary, space: SearchSpace, exp: Experiment) ->
                  f"{space.export.top_k}, spread along the front):")
     lines.append("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows] or ["(no COMPLETE trial)"]
+    lines += baseline_lines(summary, space)
     for t in final_trials(summary.study, (TrialState.FAIL,)):
         lines.append(f"failed trial #{t.number} {t.user_attrs.get(RAY_TRIAL_ATTR, '')}: "
                      f"{t.user_attrs.get(FAIL_ATTR, '?')}")
@@ -47,3 +49,71 @@ def format_summary(summary: PostSummary, space: SearchSpace, exp: Experiment) ->
 
 def _short(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def baseline_lines(summary: PostSummary, space: SearchSpace) -> list[str]:
+    """The baselines' table, each Pareto trial's difference to them, and the verdict per objective."""
+    if not summary.baselines:
+        return ["baselines: none (no model.init_from and no search.points_to_evaluate)"]
+    names = [o.metric for o in space.objectives]
+    arrow = {o.metric: "↓" if o.direction == "min" else "↑" for o in space.objectives}
+    cols = ["baseline", "source"] + [f"{split} {m} ({arrow[m]})" for split in ("val", "test") for m in names]
+    cols += ["latency ms", "leaderboard"]
+    rows = []
+    for b in summary.baselines:
+        src = b.source.rstrip("/").rsplit("/", 1)[-1] if b.name == "start" else b.source
+        rows.append([b.name, src] + [_num(getattr(b, split).get(m)) for split in ("val", "test") for m in names]
+                    + [f"{b.latency_ms:.3g} ({b.latency_target})" if b.latency_ms is not None else "–",
+                       ("added" if b.exported and not b.duplicate_of else b.model_id if b.duplicate_of else "–")
+                       + (f" ({b.note})" if b.note else "")])
+    out = ["baselines (measured on the trials' val and test subsets with their metric networks):"]
+    out += _table(cols, rows)
+    if summary.pareto:
+        out.append("Pareto trials against the baselines (trial minus baseline):")
+        cols = ["#", "trial", "vs"] + [f"{split} {m}" for split in ("val", "test") for m in names]
+        rows = [[str(e.number), e.trial_id, b.name] + [_delta(difference(vals, getattr(b, split), m))
+                                                      for split, vals in (("val", e.values), ("test", e.test))
+                                                      for m in names]
+                for e in summary.pareto for b in summary.baselines]
+        out += _table(cols, rows)
+    out.append("did the search beat its baselines?")
+    out += [f"  {part}" for part in verdict_parts(summary, space)]
+    return out
+
+
+def verdict(summary: PostSummary, space: SearchSpace) -> str:
+    """Per objective: the best Pareto trial on val against each baseline, in words (one line)."""
+    return "; ".join(verdict_parts(summary, space))
+
+
+def verdict_parts(summary: PostSummary, space: SearchSpace) -> list[str]:
+    """One phrase per objective: the best Pareto trial on val against each baseline."""
+    parts = []
+    for o in space.objectives:
+        m, sign = o.metric, (1.0 if o.direction == "max" else -1.0)
+        entries = [e for e in summary.pareto if isinstance(e.values.get(m), (int, float))]
+        if not entries:
+            parts.append(f"{m}: no COMPLETE trial")
+            continue
+        best = max(entries, key=lambda e: sign * e.values[m])
+        said = []
+        for b in summary.baselines:
+            won = beats(best.values, b.val, m)
+            said.append(f"{b.name} {'not measured' if won is None else 'yes' if won else 'no'}"
+                        + (f" ({best.values[m]:.4g} vs {b.val[m]:.4g})" if won is not None else ""))
+        parts.append(f"val {m} (best #{best.number}): " + ", ".join(said))
+    return parts
+
+
+def _table(cols: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
+    return ["  " + "  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip()] + \
+        ["  " + "  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
+
+
+def _num(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, (int, float)) else "–"
+
+
+def _delta(v: float | None) -> str:
+    return "–" if v is None else f"{v:+.3g}"
