@@ -26,6 +26,10 @@ from typing import Any
 
 # Defaults only (a value the user set wins): TensorFlow's C++ log level (errors still shown), gRPC's.
 ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "GRPC_VERBOSITY": "ERROR"}
+# How a Ray driver prints its workers' lines (read when ``ray`` is imported, so set here, before it is). No log
+# deduplication: it drops words with digits, so two trials' progress lines looked alike and one of them became
+# "[repeated 2x across cluster]" plus a hint about RAY_DEDUP_LOGS, coloured.
+RAY_DRIVER_ENV = {"RAY_DEDUP_LOGS": "0"}
 
 NOISE_PATTERNS = (
     r"All log messages before absl::InitializeLog\(\) is called are written to STDERR",
@@ -164,16 +168,27 @@ def install() -> None:
     if _installed or not enabled():
         return
     _installed = True
-    for k, v in ENV.items():
+    for k, v in {**ENV, **RAY_DRIVER_ENV}.items():
         os.environ.setdefault(k, v)
+    if not _isatty(sys.stdout):  # the "(run_trial pid=...)" prefix without colour codes in a job log or a pipe
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     # a searcher option Optuna marks experimental; the user can do nothing about it
     warnings.filterwarnings("ignore", message=r"Argument ``\w+`` is an experimental feature")
-    # Ray Train's per-checkpoint INFO line, forwarded from every trial worker to the driver
+    # Ray Train's per-checkpoint INFO line, forwarded from every trial worker to the driver, and Tune's "Restored on
+    # <ip> from checkpoint: Checkpoint(...)" (the trial says "attempt 2 after a restart, from step N" itself)
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+    logging.getLogger("ray.tune.trainable.trainable").setLevel(logging.WARNING)
     for name, module in list(sys.modules.items()):  # already loaded (imported before isp_search)
         if name in QUIET_CALLS or name in ("tensorflow", "optuna"):
             _after_import(name, module)
     sys.meta_path.insert(0, _QuietFinder())
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
 
 
 def ray_runtime_env() -> dict:

@@ -215,6 +215,7 @@ space:
 objectives: [{{metric: lpips, direction: min}}, {{metric: psnr, direction: max}}]
 search: {{sampler: random, seed: 0, num_samples: 2, max_concurrent: 2, max_failures: 0}}
 scheduler: {{type: none}}
+confirm: {{seeds: 0}}
 resources: {res}
 storage: {{path: {work / 'search'}}}
 export: {{top_k: 0, results: {work / 'results'}}}

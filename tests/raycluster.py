@@ -105,14 +105,15 @@ class Head:
                    "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dash}", "--disable-usage-stats",
                    f"--ray-client-server-port={self.client_port}", f"--dashboard-agent-listen-port={free_port()}"])
 
-    def _ray(self, args: list[str]) -> None:
-        r = subprocess.run([str(BIN / "ray"), *args], env=ENV, capture_output=True, text=True, timeout=180,
-                           start_new_session=True)
+    def _ray(self, args: list[str], env: dict | None = None) -> None:
+        r = subprocess.run([str(BIN / "ray"), *args], env={**ENV, **(env or {})}, capture_output=True, text=True,
+                           timeout=180, start_new_session=True)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
-    def add_node(self, resources: dict) -> str:
+    def add_node(self, resources: dict, env: dict | None = None) -> str:
         """A second raylet on this machine joining the head; returns its node-manager port as a marker.
 
+        ``env`` is that node's own environment (its workers inherit it), e.g. another ``ISP_SEARCH_CACHE``.
         It gets its own temp dir: two raylets sharing one session folder share ``runtime_resources/``, and the
         second one's runtime-env agent then deletes the job's working-dir copy the first one unpacked."""
         nm = free_port()
@@ -123,7 +124,7 @@ class Head:
                    "--num-gpus=0", f"--resources={json.dumps(resources)}", f"--node-manager-port={nm}",
                    f"--object-manager-port={free_port()}", f"--metrics-export-port={free_port()}",
                    f"--dashboard-agent-listen-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
-                   "--disable-usage-stats"])
+                   "--disable-usage-stats"], env=env)
         marker = f"--node_manager_port={nm}"
         self.nodes.append(marker)
         return marker

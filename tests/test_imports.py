@@ -1,6 +1,6 @@
 """The package's import graph: no cycle, and no import inside a function except a deliberate deferral of a heavy
-optional library (TensorFlow, onnx2tf, LiteRT, ONNX Runtime, qai-hub) or of TensorBoard, each with a
-``# deferred:`` comment on the line above saying why."""
+optional library (TensorFlow, onnx2tf, LiteRT, ONNX Runtime, qai-hub, the MLflow and W&B loggers) or of
+TensorBoard, each with a ``# deferred:`` comment on the line above saying why."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "isp_search"
-DEFERRABLE = {"tensorflow", "onnx2tf", "ai_edge_litert", "onnxruntime", "qai_hub", "torch.utils.tensorboard"}
+DEFERRABLE = {"tensorflow", "onnx2tf", "ai_edge_litert", "onnxruntime", "qai_hub", "torch.utils.tensorboard",
+              "ray.air.integrations.mlflow", "ray.air.integrations.wandb"}  # import mlflow / wandb: tracking only
 
 
 def _module(path: Path) -> str:

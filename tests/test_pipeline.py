@@ -59,6 +59,7 @@ search:
   points_to_evaluate:
     - {{optim.d_color_lr: 1.0e-5, optim.g_beta1: 0.5, data.demosaicer: opencv_bilinear}}
 scheduler: {{type: none}}
+confirm: {{seeds: 1}}         # the default point trained once more, with the next seed
 resources: {{cpu: 1, custom: {{second_node: 1}}}}
 export: {{top_k: 1, formats: [tflite], gate_size: [32, 32], deploy_size: [32, 32], runs: 2, threads: 1}}
 """
@@ -134,14 +135,29 @@ def test_study_killed_in_prepare_and_in_pretrain_then_resumed(cluster, tmp_path)
     (pre_dir,) = (tmp_path / "exp" / "pretrain").iterdir()
     assert (pre_dir / "checkpoints" / "last.pt").is_file() and not (pre_dir / "summary.json").exists()
 
-    log3 = tmp_path / "job3.log"  # 3. resumed to the end
-    job = submit(cluster, tmp_path, space, name, data, "--resume", log=log3)
-    assert job.wait(timeout=420) == 0, log3.read_text()[-5000:]
-    out = log3.read_text()
-    print(f"study with two kills: {time.time() - t0:.0f} s")
-    assert "succeeded" in out and "Pareto-optimal trials" in out, out[-3000:]
+    log3 = tmp_path / "job3.log"  # 3. resumed, killed in the confirmation stage after its seed run's checkpoint
+    job = submit(cluster, tmp_path, space, name, data, "--resume", hold="confirm", log=log3)
+    wait_file(exp / "hold-confirm", job, log3, timeout=420)
+    kill_driver(name, job)
+    (seed_dir,) = (exp / "confirm").iterdir()
+    assert (seed_dir / "checkpoints" / "last.pt").is_file() and not (seed_dir / "summary.json").exists()
+
+    log3b = tmp_path / "job3b.log"  # 4. resumed to the end
+    job = submit(cluster, tmp_path, space, name, data, "--resume", log=log3b)
+    assert job.wait(timeout=420) == 0, log3b.read_text()[-5000:]
+    final = log3b.read_text()
+    out = log3.read_text() + final
+    print(f"study with three kills: {time.time() - t0:.0f} s")
+    assert "succeeded" in final and "Pareto-optimal trials" in final, final[-3000:]
     assert not tracebacks(out), "\n\n".join(tracebacks(out))[-5000:]
     assert "(resuming)" in out and json.loads((pre_dir / "summary.json").read_text())["step"] == 4
+    # the confirmation run: resumed from its step-1 checkpoint, each step once, with the next seed
+    seed_steps = [json.loads(line)["step"] for line in (seed_dir / "metrics.jsonl").read_text().splitlines()
+                  if json.loads(line)["kind"] == "train"]
+    assert seed_steps == [1, 2], seed_steps
+    (confirmed,) = json.loads((exp / "confirm.json").read_text()).values()
+    assert confirmed["n"] == 2 and confirmed["runs"][1] == str(seed_dir) and not confirmed["failed"]
+    assert "confirmed over seeds" in final
     steps = [json.loads(line)["step"] for line in (pre_dir / "metrics.jsonl").read_text().splitlines()
              if json.loads(line)["kind"] == "train"]
     assert steps == [1, 2, 3, 4], steps  # continued from its step-2 checkpoint, not restarted
@@ -190,7 +206,7 @@ def test_study_killed_in_prepare_and_in_pretrain_then_resumed(cluster, tmp_path)
     base = json.loads((exp / "baselines.json").read_text())["start"]
     assert start["psnr"] == pytest.approx(base["test"]["psnr"]) and base["val"]["n_images"] == 2
 
-    # 4. the same command submitted again without --resume: refused in one line, nothing touched
+    # 5. the same command submitted again without --resume: refused in one line, nothing touched
     before = tree_digest(tmp_path / "exp"), tree_digest(tmp_path / "results")
     log4 = tmp_path / "job4.log"
     job = submit(cluster, tmp_path, space, name, data, log=log4)

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -133,17 +135,57 @@ def test_progress_is_plain_lines_off_a_terminal():
     assert quiet.getvalue() == ""
 
 
-def test_trial_table_prints_on_news_only():
-    from types import SimpleNamespace as Trial
+def _trial(trial_id: str, status: str, failures: int = 0, **last):
+    from types import SimpleNamespace
 
+    return SimpleNamespace(trial_id=trial_id, status=status, num_failures=failures, last_result=last,
+                           config={"optim.d_color_lr": 1e-5}, path=None, pickled_error_file=None)
+
+
+def _shown(table, trials, done=False) -> str:
+    """What Ray's progress callback prints: ``report`` whenever ``should_report`` says so."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        if table.should_report(trials, done=done):
+            table.report(trials, done)
+    return buf.getvalue()
+
+
+def test_trial_table_prints_on_news_only():
     from isp_search.search.reporter import TrialTable
 
-    table = TrialTable(min_gap_s=60.0, heartbeat_s=600.0)
-    queued = [Trial(trial_id="a", status="PENDING"), Trial(trial_id="b", status="PENDING")]
-    assert not table.should_report(queued)  # queued trials are no news
-    running = [Trial(trial_id="a", status="RUNNING"), queued[1]]
-    assert table.should_report(running) and not table.should_report(running)
-    done = [Trial(trial_id="a", status="TERMINATED"), Trial(trial_id="b", status="TERMINATED")]
-    assert not table.should_report(done)  # news, but within min_gap_s of the last table: deferred ...
+    table = TrialTable(min_gap_s=60.0, parameter_columns=["optim.d_color_lr"], metric_columns={"step": "step"})
+    queued = [_trial("a", "PENDING"), _trial("b", "PENDING")]
+    assert not _shown(table, queued)  # queued trials are no news
+    running = [_trial("a", "RUNNING"), queued[1]]
+    assert re.search(r"^a +RUNNING", _shown(table, running), re.M) and not _shown(table, running)
+    done = [_trial("a", "TERMINATED", final=1, trial_status="completed"), _trial("b", "TERMINATED")]
+    assert not _shown(table, done)  # news, but within min_gap_s of the last table: deferred ...
     table._printed_at -= 61
-    assert table.should_report(done) and not table.should_report(done, done=True)  # ... and the end once
+    out = _shown(table, done)
+    assert re.search(r"^a +COMPLETE", out, re.M) and re.search(r"^b +PRUNED", out, re.M)
+    assert not _shown(table, done, done=True)  # ... the end once
+    retried = [_trial("a", "PENDING", failures=1), done[1]]
+    out = _shown(table, retried)  # a failure is said at once, in one line, however recent the last table
+    assert out.splitlines()[0] == "trial a: failed; attempt 2 starts from its last checkpoint", out
+
+
+def test_trial_table_fits_120_columns_with_short_parameter_names():
+    """Long dotted keys become short column names (said once in a legend); parameters that still do not fit are
+    left out, counted, rather than the table passing 120 columns; no ANSI escape."""
+    from isp_search.search.reporter import TrialTable, short_names
+
+    keys = [f"optim.param_number_{i}_with_a_long_name" for i in range(12)] + ["optim.d_texture_lr", "data.demosaicer"]
+    assert short_names(["optim.d_texture_lr", "data.demosaicer", "optim.g_beta1"]) == {
+        "optim.d_texture_lr": "d_txtr_lr", "data.demosaicer": "demosaicer", "optim.g_beta1": "g_beta1"}
+    assert short_names(["a.lr", "b.lr"]) == {"a.lr": "a.lr", "b.lr": "b.lr"}  # ambiguous: two components
+    table = TrialTable(parameter_columns=keys, metric_columns={"lpips": "lpips", "psnr": "psnr", "step": "step"})
+    trials = [_trial("0a1b2c3d", "RUNNING", lpips=0.0912345, psnr=21.23456, step=1200)]
+    trials[0].config = {k: 1.2345678e-05 for k in keys}
+    out = _shown(table, trials)
+    lines = out.splitlines()
+    assert max(map(len, lines)) <= 120 and "\x1b" not in out, out
+    assert lines[1].startswith("trial     state    ") and lines[1].endswith("lpips    psnr   step"), out
+    assert lines[2].startswith("0a1b2c3d  RUNNING  1.235e-05") and lines[2].endswith("0.09123  21.23  1200"), out
+    assert re.search(r"^\(\d+ more parameter\(s\) in each trial's params.json\)$", out, re.M), out
+    assert "columns: prm_nmbr_0_w = optim.param_number_0_with_a_long_name" in out, out

@@ -4,17 +4,29 @@ features, filled once per image on disk, refused where the real images change fr
 from __future__ import annotations
 
 import functools
+import json
+import os
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import default_collate
 
 from isp_search.configio import ConfigError
+from isp_search.data.datasets import make_datasets
 from isp_search.models import create_generator
-from isp_search.train.config import MODE_TERMS
-from isp_search.train.real_cache import RealCache
-from isp_search.train.step import FrozenNets, build_discriminators, discriminator_step, GeneratorStepOptions, generator_step
+from isp_search.train.config import MODE_TERMS, apply_overrides, load_train_config
+from isp_search.train.real_cache import RealCache, open_real_cache
+from isp_search.train.real_cache_build import cached_branches, covering_pairing, fill_real_cache
+from isp_search.train.step import (
+    Branches,
+    FrozenNets,
+    GeneratorStepOptions,
+    build_discriminators,
+    discriminator_step,
+    generator_step,
+)
 
 torch.set_num_threads(1)
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -159,3 +171,56 @@ def test_cache_real_auto_is_off_where_real_images_change(synth_root, tmp_path, c
     assert open_real_cache(cfg, ds, None, torch.device("cpu"), "float32", tmp_path / "real") is None
     assert f"features.cache_real auto: off, {why}" in capfd.readouterr().err
     assert not (tmp_path / "real").exists()
+
+
+def test_branch_without_completed_manifest_is_removed_and_refilled(tmp_path, capfd):
+    """A writer that stopped between its first manifest and the completed flag leaves files nobody may read."""
+    folder, keys = tmp_path / "real", torch.arange(4)
+    cache = RealCache(folder, {"sample": 4, "target": 4}, announce=False)
+    first = cache.get("content", "sample", keys, lambda: torch.rand(4, 8, 2, 2))
+    manifest = json.loads((folder / "content.json").read_text())
+    assert manifest["completed"] is True and manifest["outputs"][0]["bytes"] == 4 * 8 * 2 * 2 * 4
+    (folder / "content.json").write_text(json.dumps({**manifest, "completed": False}))
+    capfd.readouterr()
+    again = RealCache(folder, {"sample": 4, "target": 4}, announce=False)
+    err = capfd.readouterr().err
+    assert again.rebuilt and "not completed" in again.rebuilt and len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in folder.iterdir()) == [".lock"]
+    fresh = torch.rand(4, 8, 2, 2)
+    assert torch.equal(again.get("content", "sample", keys, lambda: fresh), fresh)  # computed, not the old rows
+    assert again.misses == 1 and not torch.equal(fresh, first)
+
+
+def test_truncated_cache_is_rebuilt_not_read(synth_root, tmp_path, capfd):
+    """A .bin cut short on disk: the next open removes the folder's files (one line says so) and the fill computes
+    every row again; what the cache then returns equals features computed freshly, without a cache."""
+    cfg = apply_overrides(load_train_config(CONFIGS / "smoke_unpaired.yaml"), {
+        "data.root": str(synth_root), "data.synthetic": False, "data.patch_size": None, "train.progress": False})
+    root = tmp_path / "real"
+    first = fill_real_cache(cfg, root)
+    assert first["built"] and first["rebuilt"] is None
+    folder = Path(first["folder"])
+    victim = folder / "alex_gray.1.bin"
+    size = victim.stat().st_size
+    os.truncate(victim, size // 2)
+    capfd.readouterr()
+    again = fill_real_cache(cfg, root)
+    err = capfd.readouterr().err
+    assert again["built"] and "alex_gray.1.bin" in again["rebuilt"], again
+    assert sum("partial or corrupt" in line for line in err.splitlines()) == 1, err
+    assert victim.stat().st_size == size and again["folder"] == first["folder"]
+
+    ds = make_datasets(cfg)["train"]
+    nets = FrozenNets(cfg.active_terms, cfg.backbone_weights, cfg.features.vit_img_size, cfg.features.input)
+    cache = open_real_cache(cfg, ds, nets, torch.device("cpu"), "float32", root)
+    assert cache.rebuilt is None  # sound now
+    ds.pairing = covering_pairing(ds)
+    batch = default_collate([ds[k] for k in range(len(ds))])
+    fresh = Branches(nets, batch["target"], batch, cfg.content_lab, content_ref=cfg.content_vs_reference)
+    read = Branches(nets, batch["target"], batch, cfg.content_lab, content_ref=cfg.content_vs_reference,
+                    real_cache=cache)
+    for b in cached_branches(cfg):
+        got, want = read.real(b), fresh.real(b)
+        for g, w in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
+            assert g.shape == w.shape and _close(g, w) < 1e-5, b
+    assert cache.hits == 3 and cache.misses == 0  # every branch read, none recomputed

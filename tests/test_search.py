@@ -46,6 +46,7 @@ space:
 {extra_space}search: {{sampler: tpe, seed: 0, num_samples: {samples}, max_concurrent: 1, max_failures: 3,
          points_to_evaluate: {pts}}}
 scheduler: {{type: none}}
+confirm: {{seeds: 0}}
 resources: {resources}
 storage: {{path: {storage}}}
 export: {{top_k: {top_k}, formats: [tflite], gate_size: [32, 32], deploy_size: [32, 32], runs: 2, threads: 1,
@@ -201,6 +202,9 @@ def test_errored_trial_fixed_then_resumed_ends_complete(head, tmp_path):
     reason = t.user_attrs["fail_reason"]
     assert t.state.name == "FAIL" and reason.startswith(f"{init}: not a readable PyTorch checkpoint"), t
     assert f"failed trial #0 {t.user_attrs['ray_trial_id']}: {init}: not a readable" in log.read_text()
+    # the moment it fails, one line (its cause; the traceback stays in error.txt), not Ray's traceback
+    assert f"\ntrial {t.user_attrs['ray_trial_id']}: {init}: not a readable" in log.read_text()
+    assert "Traceback" not in log.read_text() and "Trial task failed" not in log.read_text(), log.read_text()[-4000:]
     (trial_dir,) = exp.glob("trial_*")
     assert (trial_dir / "error.txt").read_text().count("Failure #") == 1  # deterministic: not retried
     from isp_search.models import create_generator, spec_for
@@ -249,8 +253,14 @@ def test_worker_node_killed_trial_continues_from_checkpoint(head, tmp_path):
     assert head.kill_node(marker) >= 1
     head.add_node({"trial_slot": 1})  # the replacement machine
     assert p.wait(timeout=300) == 0, log.read_text()[-4000:]
-    (result,) = ray_trials(exp).values()
+    ((trial_id, result),) = ray_trials(exp).items()
     assert result["final"] and result["trial_status"] == "completed"
     assert result["iterations_since_restore"] < result["training_iteration"], result  # continued, not restarted
     (t,) = study_trials(exp)
     assert t.state.name == "COMPLETE"
+    # the job log says it in two lines, without a traceback: the loss (driver) and the restart (the trial)
+    out = log.read_text()
+    assert re.search(rf"^trial {trial_id}: its worker was lost \(\w+Error\); attempt 2 starts from its last "
+                     "checkpoint$", out, re.M), out[-4000:]
+    assert re.search(rf"\) trial {trial_id}: attempt 2 after a restart, from step [1-9]\d*$", out, re.M), out[-4000:]
+    assert not [ln for ln in out.splitlines() if "Traceback" in ln and "pid=" not in ln], out[-4000:]

@@ -79,7 +79,7 @@ def test_defaults(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     space = load_space(write(tmp_path, "base: {config: base.yaml}\nspace:\n  a.b: {type: int, low: 0, high: 3}\n"))
     assert [(o.metric, o.direction) for o in space.objectives] == [("lpips", "min"), ("psnr", "max")]
-    assert space.name == "space" and space.scheduler.type == "asha" and space.scheduler.metric == "score"
+    assert space.name == "space" and space.scheduler.type == "moasha" and space.scheduler.metric == "score"
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,37 @@ def test_resume_is_exact_and_run_folder(synth_root, tmp_path):
     loaded = load_generator(run)
     assert loaded.spec.name == "efficient_isp" and loaded.preset == "paper"
     assert loaded.model(torch.zeros(1, 4, 16, 16)).shape == (1, 3, 32, 32)
+
+
+class Stopped(Exception):
+    """What a scheduler's stop looks like from inside train(): the report callback never returns."""
+
+
+@pytest.mark.slow
+def test_each_evaluation_is_in_tensorboard_when_reported_and_a_progress_line(synth_root, tmp_path, capsys):
+    """A search trial's view: at every report its evaluation is already on disk in TensorBoard (flushed, not
+    waiting for the writer's 120 s timer or for close), one progress line per evaluation names the trial; a stop
+    at the second report leaves both evaluations readable."""
+    # deferred: tensorboard imports TensorFlow when it is installed (seconds), for this test only
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = tiny(synth_root, "unpaired", **{"train.steps": 6, "train.eval_interval": 2})  # train.progress: off
+    seen = []
+
+    def report(step: int, metrics: dict, checkpoint_dir: str) -> None:
+        events = EventAccumulator(str(tmp_path / "run" / "tb"))
+        events.Reload()
+        seen.append([e.step for e in events.Scalars("val/psnr")] if "val/psnr" in events.Tags()["scalars"] else [])
+        if step == 4:
+            raise Stopped
+
+    with pytest.raises(Stopped):
+        train(cfg, tmp_path / "run", report=report, progress_label="trial 0a1b2c3d")
+    assert seen == [[2], [2, 4]]
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("trial 0a1b2c3d:")]
+    assert len(lines) == 2 and lines[0].startswith("trial 0a1b2c3d: 2/6 step (33%), "), lines
+    assert re.search(r", eta \d+s, psnr [\d.]+, ssim [\d.]+, lpips [\d.]+$", lines[0]), lines
+    assert lines[1].startswith("trial 0a1b2c3d: 4/6 step (67%), "), lines
 
 
 def test_divergence_keeps_last_good_checkpoint(synth_root, tmp_path, capsys):

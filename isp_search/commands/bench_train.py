@@ -1,12 +1,13 @@
-"""``isp-search bench-train CONFIG [--steps N] [--against-naive] [--compare-cache] [--json]``: time split, FLOPs and
-frozen backward passes per step, beside the textbook DLA and with/without the real-feature cache."""
+"""``isp-search bench-train CONFIG [--steps N] [--against-naive] [--compare-cache] [--sizes LIST] [--batch-size B]
+[--json]``: time split, FLOPs and frozen backward passes per step, beside the textbook DLA and with/without the
+real-feature cache; with ``--sizes``, one table row per square image size."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from isp_search.diagnostics.bench_train import bench_train
+from isp_search.diagnostics.bench_train import bench_sizes, bench_train, parse_sizes
 from isp_search.errors import UserError
 from isp_search.train import load_train_config
 
@@ -26,6 +27,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "network to the generator parameters, then one of the weighted total); prints naive_ratio")
     p.add_argument("--compare-cache", action="store_true",
                    help="time ours without and with features.cache_real (a temporary cache, filled first)")
+    p.add_argument("--sizes", metavar="LIST",
+                   help="comma list of square sizes (multiples of 16, e.g. 64,128,256,448): per size, on whole "
+                   "synthetic images of the config's format, ours without and with features.cache_real and the "
+                   "textbook DLA, interleaved, median ms and GFLOP per step; one table")
+    p.add_argument("--batch-size", type=int, metavar="B", help="train.batch_size for this run")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value (repeatable)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -40,11 +46,38 @@ def _print_variant(name: str, v: dict) -> None:
         print(f"  {k:15s} {ms:9.1f} ms")
 
 
+def format_sizes_table(rows: list[dict]) -> str:
+    """The ``--sizes`` rows as one aligned table (ms: median per step, compute only; GFLOP per step)."""
+    head = (f"{'size':>5} {'vit':>4} {'ours ms':>9} {'GFLOP':>8} {'cache ms':>9} {'GFLOP':>8} {'naive ms':>9} "
+            f"{'GFLOP':>8} {'floor':>8} {'cache/floor':>11} {'cache/ours ms':>13} {'cache/ours FLOPs':>16}")
+    lines = [head]
+    for r in rows:
+        lines.append(f"{r['size']:>5} {r['vit_img_size']:>4} {r['ours_ms']:>9.0f} {r['ours_gflop']:>8.2f} "
+                     f"{r['cache_ms']:>9.0f} {r['cache_gflop']:>8.2f} {r['naive_ms']:>9.0f} {r['naive_gflop']:>8.2f} "
+                     f"{r['floor_gflop']:>8.2f} {r['cache_to_floor']:>11.3f} {r['cache_ms_ratio']:>13.3f} "
+                     f"{r['cache_flops_ratio']:>16.3f}")
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.steps < 1:
         raise UserError(f"--steps must be >= 1, got {args.steps}")
-    res = bench_train(load_train_config(args.config, args.overrides), args.steps, args.against_naive,
-                      args.compare_cache)
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    sizes = parse_sizes(args.sizes) if args.sizes is not None else None
+    batch = [f"train.batch_size={args.batch_size}"] if args.batch_size is not None else []
+    cfg = load_train_config(args.config, [*args.overrides, *batch])
+    if sizes:
+        rows = bench_sizes(cfg, sizes, args.steps)
+        if args.json:
+            print(json.dumps(rows))
+            return 0
+        r = rows[0]
+        print(f"{cfg.model.arch} {cfg.mode} on {r['device']}, batch {r['batch_size']}, whole synthetic images, "
+              f"{args.steps} interleaved steps per size (median, data wait left out), D steps counted at 1/d_*_every")
+        print(format_sizes_table(rows))
+        return 0
+    res = bench_train(cfg, args.steps, args.against_naive, args.compare_cache)
     if args.json:
         print(json.dumps(res))
         return 0

@@ -10,16 +10,19 @@ attention (SDPA) counted too; backward passes through each frozen branch are cou
 with ``textbook_dla``: for every term a backward through its frozen network to the generator parameters (for its
 norm), then one backward of the weighted total (and D steps that recompute D(real)); ``naive_ratio`` = its ms per
 step / ours. ``compare_cache``: ours also
-with ``features.cache_real`` (a temporary cache, filled before timing).
+with ``features.cache_real`` (a temporary cache, filled before timing). ``bench_sizes``: all three at each of
+several square sizes, one row per size.
 """
 
 from __future__ import annotations
 
 import shutil
+import statistics
 import tempfile
 import time
 from collections import Counter
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -27,6 +30,8 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 
 from isp_search.configio import to_dict
 from isp_search.data.datasets import make_datasets
+from isp_search.data.synth import SYNTH_FORMATS, synthesize
+from isp_search.errors import UserError
 from isp_search.train.config import TrainConfig, train_config_from_dict
 from isp_search.train.loop import STEP_KEYS, pick_device
 from isp_search.train.losses import LOSSES
@@ -149,6 +154,7 @@ class _Variant:
         self.timer: dict[str, float] = {}
         self.counter: Counter = Counter()
         self.total = self.cpu = 0.0
+        self.compute_s: list[float] = []  # per timed step, without the data wait (the same for every variant)
 
     def step(self, batch: dict, data_wait: float, timed: bool) -> None:
         s = self.s
@@ -164,6 +170,7 @@ class _Variant:
         if timed:
             d_s = sum(v for k, v in step_timer.items() if k.startswith("d_step_"))
             self.total += data_wait + g_s + d_s
+            self.compute_s.append(g_s + d_s)
             self.cpu += time.process_time() - c0  # this process's CPU seconds: what other load does not inflate
             for k, v in step_timer.items():
                 self.timer[k] = self.timer.get(k, 0.0) + v
@@ -176,6 +183,7 @@ class _Variant:
         d_flops = {g: count_flops(lambda g=g: s.d_step(g, holder["br"], self.naive)) for g in s.groups}
         passes = {b: self.counter[b] / steps for b in sorted(s.branches)}
         return {"step_ms": 1000 * self.total / steps, "step_cpu_ms": 1000 * self.cpu / steps,
+                "compute_ms_median": 1000 * statistics.median(self.compute_s),
                 "time_ms": {k: 1000 * v / steps for k, v in self.timer.items()},
                 "flops_per_step": g_flops + sum(d_flops[g] / s.groups[g][2] for g in s.groups),
                 "flops_generator_step": g_flops, "flops_d_step": d_flops,
@@ -242,3 +250,59 @@ def bench_train(cfg: TrainConfig, steps: int = 5, against_naive: bool = False,
                 "n_terms_with_branch": sum(1 for t in s.terms if LOSSES.get(t).branch),
                 "n_branches": len(s.branches)})
     return res
+
+
+SIZE_STEP = 16  # the ViT's patch: features.vit_img_size must be a multiple of it
+
+
+def parse_sizes(text: str) -> tuple[int, ...]:
+    """``"64,128,256"`` → ``(64, 128, 256)``; a user error naming ``--sizes`` for anything else."""
+    sizes = []
+    for part in text.split(","):
+        if not part.strip().isdigit() or int(part) <= 0 or int(part) % SIZE_STEP:
+            raise UserError(f"--sizes: {part.strip()!r} is not a size the ViT can take; give square sizes in "
+                            f"pixels, positive multiples of {SIZE_STEP}, comma-separated (e.g. --sizes 64,128,256,448)")
+        sizes.append(int(part))
+    return tuple(sizes)
+
+
+def config_at_size(cfg: TrainConfig, size: int, root: str | Path) -> TrainConfig:
+    """``cfg`` on the whole ``size``² images at ``root`` (no crops or augmentation, so the real-feature cache is
+    valid), the ViT at ``min(size, features.vit_img_size)``: the paper configs' 224 at 256² and 448², the image size
+    below (as the synthetic configs do). Data in the main process: the bench times compute, not loading."""
+    data = replace(cfg.data, root=str(root), synthetic=False, patch_size=None, augment=False, splits=None,
+                   n_val=None, n_test=None, workers=0)
+    features = replace(cfg.features, vit_img_size=min(size, cfg.features.vit_img_size))
+    return train_config_from_dict(to_dict(replace(cfg, data=data, features=features)),
+                                  name=f"bench-train --sizes {size}")
+
+
+def bench_sizes(cfg: TrainConfig, sizes: tuple[int, ...], steps: int = 3) -> list[dict[str, Any]]:
+    """Per size, one row: ours without and with ``features.cache_real``, the textbook DLA, each the median over
+    ``steps`` interleaved steps (compute only: the shared data wait left out) and FLOPs per step, on a synthetic set
+    of the config's format with whole ``size``² images (``2 × batch`` training images, in a temporary folder)."""
+    if cfg.data.format not in SYNTH_FORMATS:
+        raise UserError(f"--sizes: benchmarks on a synthetic {cfg.data.format!r} set, which cannot be written; "
+                        f"data.format must be one of {', '.join(SYNTH_FORMATS)}")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="isp-search-bench-sizes-") as tmp:
+        for size in sizes:
+            root = synthesize(Path(tmp) / str(size), cfg.data.format, n_train=2 * cfg.train.batch_size, n_val=1,
+                              n_test=1, size=size)
+            sized = config_at_size(cfg, size, root)
+            r = bench_train(sized, steps, against_naive=True, compare_cache=True)
+            c, n = r["cache_real_variant"], r["naive"]
+            rows.append({
+                "size": size, "vit_img_size": sized.features.vit_img_size, "batch_size": r["batch_size"],
+                "steps": steps, "device": r["device"],
+                "ours_ms": r["compute_ms_median"], "ours_gflop": r["flops_per_step"] / 1e9,
+                "cache_ms": c["compute_ms_median"], "cache_gflop": c["flops_per_step"] / 1e9,
+                "naive_ms": n["compute_ms_median"], "naive_gflop": n["flops_per_step"] / 1e9,
+                "floor_gflop": r["floor_flops_per_step"] / 1e9,
+                "cache_to_floor": c["flops_per_step"] / r["floor_flops_per_step"],
+                "cache_ms_ratio": c["compute_ms_median"] / r["compute_ms_median"],
+                "cache_flops_ratio": c["flops_per_step"] / r["flops_per_step"],
+                "ours_time_ms": r["time_ms"], "cache_time_ms": c["time_ms"],
+                "floor_gflop_by_branch": {b: f / 1e9 for b, f in r["floor_flops_by_branch"].items()},
+                "cache_fill_s": c["cache_fill_s"]})
+    return rows

@@ -17,6 +17,8 @@ Columns (every quality number has its data set beside it; every latency says whe
 * deployed files (the Full-HD export that was gated and timed): ``artifacts`` (format -> absolute path),
   ``sha256`` (format -> hex digest), ``artifact_bytes`` (format -> bytes), ``deploy_size`` (HxW of those files) and ``gate_size`` (HxW of the extra gate-only export, if any),
   ``weights_sha256`` (the generator's weights: one row per deployed weights and size).
+* seeds: ``n_seeds``, ``seed_mean`` and ``seed_sd`` (keys ``val/lpips``, ``test/psnr``, ...): the configuration's
+  values over its training seeds, for a search's confirmed models (empty: one run).
 * parity of those files against PyTorch (clamped outputs): ``parity`` = list of {format, kind (random at the
   export size | real held-out patches), psnr_db, max_lsb (8-bit steps), max_abs, passed, blocking,
   quality_drop_db (int8: PSNR lost against the targets)}; ``parity_min_psnr_db`` / ``parity_max_lsb`` = the worst
@@ -77,6 +79,8 @@ SCHEMA = pa.schema([
     ("artifacts", pa.map_(pa.string(), pa.string())), ("sha256", pa.map_(pa.string(), pa.string())),
     ("artifact_bytes", pa.map_(pa.string(), pa.int64())), ("deploy_size", pa.string()), ("gate_size", pa.string()),
     ("weights_sha256", pa.string()),
+    ("n_seeds", pa.int64()), ("seed_mean", pa.map_(pa.string(), pa.float64())),
+    ("seed_sd", pa.map_(pa.string(), pa.float64())),
     ("sample_crop", pa.string()), ("target_crop", pa.string()), ("git_sha", pa.string()), ("code_sha256", pa.string()),
     ("run_dir", pa.string()),
 ])

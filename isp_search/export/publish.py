@@ -172,14 +172,17 @@ def _eval_identity(data: tuple[str, str] | None, split: str, loaded: LoadedGener
 
 def publish(source: LoadedGenerator | str | os.PathLike, out_dir: str | os.PathLike, settings: ExportSettings,
             provenance: Provenance, *, data: tuple[str, str] | None = None, metrics: dict | None = None,
-            weights_mode: str = "pretrained", leaderboard_path: str | os.PathLike | None = None) -> Published:
+            weights_mode: str = "pretrained", leaderboard_path: str | os.PathLike | None = None,
+            seeds: dict | None = None) -> Published:
     """Export at ``settings.deploy_size`` and gate; if every gate passes, benchmark and append one leaderboard row.
 
     The row's artifacts are the deployed (gated and timed) files. ``settings.gate_size`` adds a second, gate-only
     export (e.g. real patches at their own 256x256) that must pass too. Phone targets time the fp16 file on the
     phone's GPU; the CPU (LiteRT fp32) is always timed. ``metrics`` are the model's quality as measured by its
     run (the row names their split); without them, ``data``'s test split is evaluated here with ``weights_mode``
-    (pretrained | random) LPIPS/DISTS backbones. A refusal at any stage returns ``row=None`` and appends nothing.
+    (pretrained | random) LPIPS/DISTS backbones. ``seeds`` ({n, mean, sd}, keys like ``val/lpips``) are the
+    configuration's values over several training seeds (a search's confirmation stage); the row carries them.
+    A refusal at any stage returns ``row=None`` and appends nothing.
     """
     targets = mobile_targets(settings.targets)
     adb = settings.adb
@@ -246,6 +249,7 @@ def publish(source: LoadedGenerator | str | os.PathLike, out_dir: str | os.PathL
         "int8_psnr_db": int8 and int8["psnr_db"], "int8_quality_drop_db": int8 and int8["quality_drop_db"],
         "artifacts": result.paths, "sha256": result.sha256, "artifact_bytes": result.bytes,
         "deploy_size": f"{size[0]}x{size[1]}", "gate_size": f"{gate_size[0]}x{gate_size[1]}" if gate_size else None,
+        "n_seeds": (seeds or {}).get("n"), "seed_mean": (seeds or {}).get("mean"), "seed_sd": (seeds or {}).get("sd"),
         "weights_sha256": digest, "sample_crop": crops[0], "target_crop": crops[1], **code_identity(), "run_dir": prov.run_dir,
     }
     LB.append_rows([row], leaderboard_path)

@@ -19,15 +19,17 @@ from typing import Any
 
 import optuna
 import ray
-import torch
 from optuna.trial import TrialState
 
 from isp_search.data.datasets import make_datasets
+from isp_search.errors import UserError
+from isp_search.hashing import file_sha256
 from isp_search.metrics import Evaluator
-from isp_search.models.checkpoint import load_generator
+from isp_search.models.checkpoint import load_generator, resolve_checkpoint_path
 from isp_search.search.context import StudyContext
 from isp_search.search.experiment import read_json, write_json
 from isp_search.search.keep_default import is_point
+from isp_search.search.placement import avoiding
 from isp_search.search.reconcile import FINAL_ATTR, RAY_TRIAL_ATTR, final_trials
 from isp_search.search.space import SearchSpace, metric_direction
 from isp_search.train.config import TrainConfig
@@ -50,6 +52,7 @@ class Baseline:
     latency_target: str | None = None
     note: str = ""
     duplicate_of: str | None = None
+    confirmed: Any = None  # default: its values over seeds (isp_search.search.confirm.Confirmed)
 
 
 def measure(cfg: TrainConfig) -> dict[str, dict[str, float]]:
@@ -73,16 +76,33 @@ def start_baseline(ctx: StudyContext) -> Baseline | None:
     if not init:
         return None
     rec = read_json(f"{ctx.exp.uri}/{RECORD}") or {}
-    if rec.get("start", {}).get("source") == str(init):
+    digest = _checkpoint_digest(str(init))
+    if rec.get("start", {}).get("source") == str(init) and rec.get("start_sha256") == digest:
         return Baseline(**rec["start"])
     print(f"baselines: measuring the start {init} on the trials' val and test subsets", flush=True)
     res = ctx.space.resources
     task = ray.remote(num_cpus=res.cpu, num_gpus=res.gpu, resources=dict(res.custom) or None,
-                      max_retries=max(0, ctx.space.search.max_failures))(measure)
-    splits = ray.get(task.remote(ctx.cfg))
+                      max_retries=max(0, ctx.space.search.max_failures), retry_exceptions=False,
+                      **avoiding(ctx.excluded_nodes))(measure)
+    try:
+        splits = ray.get(task.remote(ctx.cfg))
+    except ray.exceptions.RayError as e:  # the study's results stand without it: said, not raised
+        cause = getattr(e, "cause", None) or e
+        print(f"baselines: the start could not be measured: {str(cause).splitlines()[0]}", flush=True)
+        return Baseline("start", str(init), note=f"not measured: {str(cause).splitlines()[0]}")
     b = Baseline("start", str(init), val=splits.get("val", {}), test=splits.get("test", {}))
-    write_json(f"{ctx.exp.uri}/{RECORD}", {**rec, "start": asdict(b)})
+    write_json(f"{ctx.exp.uri}/{RECORD}", {**rec, "start": asdict(b), "start_sha256": digest})
     return b
+
+
+def _checkpoint_digest(init: str) -> str | None:
+    """sha256 of the checkpoint ``init`` resolves to (None for a URI or when it cannot be resolved)."""
+    if "://" in init:
+        return None
+    try:
+        return file_sha256(resolve_checkpoint_path(init))
+    except (UserError, OSError):
+        return None
 
 
 def default_point(space: SearchSpace) -> dict[str, Any] | None:

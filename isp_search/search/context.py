@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from isp_search.configio import NearestSource, load_yaml
 from isp_search.errors import UserError
 from isp_search.search.experiment import Experiment, find_experiment, new_experiment
 from isp_search.search.space import Base, PretrainCfg, Resources, SchedulerCfg, SearchSpace, score_mode
@@ -27,6 +28,7 @@ class StudyContext:
     cfg: TrainConfig  # the trainer config every trial starts from (the space's base config + overrides)
     exp: Experiment
     resume: bool = False
+    excluded_nodes: tuple[str, ...] = ()  # Ray node ids that failed the node check (--skip-bad-nodes)
 
     @property
     def score_mode(self) -> str:
@@ -64,10 +66,24 @@ def base_train_config(space: SearchSpace) -> TrainConfig:
         cfg = train_config_from_dict(space.base.config, base_dir=yaml_dir, name=f"{space.source}:base.config")
     else:
         cfg = load_train_config(space.base.config)
-    if space.base.overrides:
-        cfg = apply_overrides(cfg, dict(space.base.overrides))
+    for key, value in space.base.overrides.items():  # one at a time: an error names where its key came from
+        try:
+            cfg = apply_overrides(cfg, {key: value})
+        except UserError as e:
+            raise UserError(f"{override_source(space, key)}: {e}") from None
     # trials log to TensorBoard and Ray's table; a progress bar per trial would only flood the driver's output
     return apply_overrides(cfg, {"train.progress": False})
+
+
+def override_source(space: SearchSpace, key: str) -> str:
+    """Where ``base.overrides[key]`` came from: ``--set KEY=VALUE``, or the space file's line."""
+    if key in space.command_line:
+        return f"--set {key}={space.command_line[key]}"
+    where = space.source or "<space>"
+    if space.source and Path(space.source).is_file():
+        _, src = load_yaml(space.source)
+        where = NearestSource(src.file, src.lines).where(f"base.overrides.{key}")
+    return f"{where}: base.overrides.{key}"
 
 
 def check_space_keys(space: SearchSpace, cfg: TrainConfig) -> None:

@@ -24,9 +24,10 @@ from isp_search.export.publish import publish
 from isp_search.export.report import DEFAULT_OBJECTIVES, write_report
 from isp_search.export.settings import Provenance
 from isp_search.search.baselines import Baseline, default_baseline, default_point, start_baseline
+from isp_search.search.confirm import Confirmed
 from isp_search.search.context import StudyContext
 from isp_search.search.optuna_storage import load_study
-from isp_search.search.pareto import ParetoEntry, PostSummary, close_orphans, pareto_trials, spread
+from isp_search.search.pareto import ParetoEntry, PostSummary, close_orphans, export_choice, pareto_trials, spread
 from isp_search.search.plots import save_plots
 from isp_search.search.reconcile import FINAL_ATTR, RAY_TRIAL_ATTR
 from isp_search.search.space import SearchSpace, metric_direction
@@ -102,8 +103,14 @@ def _publish_checkpoint(entry: ParetoEntry | Baseline, result: Any, provenance: 
             entry.note = _join(entry.note, f"no .pt file in {ckpt.path}")
             return
         res = publish(model, Path(space.export.results) / ctx.exp.name / "exports" / folder, space.export.settings,
-                      provenance, data=ctx.data, metrics=metrics, leaderboard_path=_board(ctx))
+                      provenance, data=ctx.data, metrics=metrics, leaderboard_path=_board(ctx),
+                      seeds=seed_stats(entry.confirmed))
     _record(entry, res)
+
+
+def seed_stats(c: Confirmed | None) -> dict[str, Any] | None:
+    """The leaderboard's seed columns of a confirmed configuration (None: one run)."""
+    return None if c is None else {"n": c.n, "mean": dict(c.mean), "sd": dict(c.sd)}
 
 
 def _record(entry: ParetoEntry | Baseline, res: Any) -> None:
@@ -176,6 +183,13 @@ def write_html(space: SearchSpace) -> tuple[Path, Path]:
     return path, write_report(rows, front, path.with_suffix(".html"))
 
 
+def dominated_on_means(confirmed: list[Confirmed], space: SearchSpace) -> set[int]:
+    """Trial numbers among ``confirmed`` that another dominates on the mean val objectives."""
+    keys = {f"val/{o.metric}": o.direction or "min" for o in space.objectives}
+    rows = [{k: c.mean.get(k) for k in keys} for c in confirmed]
+    return {c.number for c, on in zip(confirmed, LB.pareto_front(rows, keys)) if not on}
+
+
 def _guarded(fn: Any, entry: ParetoEntry | Baseline, result: Any, ctx: StudyContext) -> None:
     """One model failing to export must not lose the others' rows: its failure becomes its note."""
     try:
@@ -185,8 +199,9 @@ def _guarded(fn: Any, entry: ParetoEntry | Baseline, result: Any, ctx: StudyCont
         entry.note = _join(entry.note, f"export failed: {type(e).__name__}: {e}")
 
 
-def export_stage(ctx: StudyContext, results: Any) -> PostSummary:
-    """Everything after ``Tuner.fit()``; ``results`` is its ResultGrid (None: study only, nothing exported)."""
+def export_stage(ctx: StudyContext, results: Any, confirmed: dict[int, Confirmed] | None = None) -> PostSummary:
+    """Everything after the search; ``results`` is its ResultGrid (None: study only, nothing exported) and
+    ``confirmed`` the confirmation stage's values over seeds (Optuna trial number -> Confirmed)."""
     space = ctx.space
     study = load_study(ctx.exp.study_name, ctx.exp.optuna_storage)
     by_id = {}
@@ -197,20 +212,29 @@ def export_stage(ctx: StudyContext, results: Any) -> PostSummary:
     if closed:
         log.warning("marked %d orphaned Optuna trial(s) FAIL", closed)
     summary = PostSummary(study, plots=save_plots(study, space, Path(space.export.results) / ctx.exp.name / "plots"))
+    confirmed = confirmed or {}
+    by_rid = {c.trial_id: c for c in confirmed.values()}
     summary.baselines = [b for b in (start_baseline(ctx), default_baseline(study, space)) if b is not None]
+    for b in summary.baselines:
+        b.confirmed = by_rid.get(b.trial_id) if b.trial_id else None
     for b in summary.baselines if results is not None else ():  # first: a trial with the same weights says so
         _guarded(publish_baseline, b, by_id.get(b.trial_id), ctx)
     front = pareto_trials(study, space)
     chosen = set(spread(len(front), space.export.top_k))
+    dominated = dominated_on_means([confirmed[t.number] for t in export_choice(study, space) if t.number in confirmed],
+                                   space)
     for rank, t in enumerate(front):
         final = t.user_attrs.get(FINAL_ATTR) or {}
         entry = ParetoEntry(t.number, str(t.user_attrs.get(RAY_TRIAL_ATTR, "")),
                             dict(zip(space.metric_names, t.values)), dict(t.params),
-                            test={k.split("/", 1)[1]: v for k, v in final.items() if k.startswith("test/")})
+                            test={k.split("/", 1)[1]: v for k, v in final.items() if k.startswith("test/")},
+                            confirmed=confirmed.get(t.number))
         if rank not in chosen:
             entry.note = f"not exported (top_k={space.export.top_k} spread along the front)"
         elif final.get("best_step") == 0:
             entry.note = "never beat its start (best evaluation at step 0): not exported as a new model"
+        elif t.number in dominated:
+            entry.note = "dominated once its seeds are averaged: not exported"
         elif results is not None:
             _guarded(publish_trial, entry, by_id.get(entry.trial_id), ctx)
             latency_note(entry, space)

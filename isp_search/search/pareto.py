@@ -13,7 +13,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from isp_search.search.reconcile import FAIL_ATTR, RAY_TRIAL_ATTR
+from isp_search.search.reconcile import FAIL_ATTR, FINAL_ATTR, RAY_TRIAL_ATTR
 from isp_search.search.space import SearchSpace
 
 
@@ -30,6 +30,7 @@ class ParetoEntry:
     latency_target: str | None = None
     test: dict[str, float] = field(default_factory=dict)  # its closing report's test metrics (the best checkpoint)
     duplicate_of: str | None = None  # the leaderboard row that holds the same deployed weights
+    confirmed: Any = None  # isp_search.search.confirm.Confirmed: its values over seeds (the confirmation stage)
 
 
 @dataclass
@@ -73,6 +74,15 @@ def spread(n: int, k: int) -> list[int]:
     if k == 1:
         return [0]
     return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
+
+
+def export_choice(study: optuna.Study, space: SearchSpace) -> list[optuna.trial.FrozenTrial]:
+    """The Pareto trials the export stage exports: ``export.top_k`` spread along the front, less those whose best
+    evaluation was their start (step 0: nothing new to export). The confirmation stage re-trains these."""
+    front = pareto_trials(study, space)
+    chosen = set(spread(len(front), space.export.top_k))
+    return [t for rank, t in enumerate(front) if rank in chosen and (t.user_attrs.get(FINAL_ATTR) or {}).get(
+        "best_step") != 0]
 
 
 def n_complete(study: optuna.Study) -> int:

@@ -11,9 +11,12 @@ why, so the driver checks first and lists *every* problem, one line each naming 
   :mod:`isp_search.data.formats`);
 * every pretrained file the frozen networks need (unless ``backbone_weights: random``), ``model.init_from``
   and a GAN stage that would start from a random generator;
-* ``scheduler.max_t`` against the number of evaluations (ASHA stops a trial at ``training_iteration >= max_t``;
-  a trial reports once per evaluation plus one closing report, which must arrive for it to count as COMPLETE);
+* ``scheduler.max_t`` against the number of evaluations (ASHA and MOASHA stop a trial at
+  ``training_iteration >= max_t``; a trial reports once per evaluation plus one closing report, which must arrive
+  for it to count as COMPLETE);
 * the per-trial resources against ``ray.cluster_resources()`` when Ray is connected.
+* the free space of the real-feature cache folder against the caches the trials will fill
+  (``features.cache_real``; :func:`isp_search.search.prepare_real.size_problems`).
 
 :func:`check` raises :class:`PreflightError` (exit 2) listing them all; nothing has been started then.
 """
@@ -21,6 +24,7 @@ why, so the driver checks first and lists *every* problem, one line each naming 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,6 +40,8 @@ from isp_search.models import spec_for
 from isp_search.models.checkpoint import resolve_checkpoint_path
 from isp_search.raw import PRESETS
 from isp_search.search.context import StudyContext
+from isp_search.search.experiment import filesystem
+from isp_search.search.prepare_real import size_problems as real_cache_size_problems
 from isp_search.search.sampling import to_overrides
 from isp_search.search.space import Param, SearchSpace
 from isp_search.train.config import GAN_MODES, TrainConfig, apply_overrides
@@ -185,8 +191,8 @@ def weight_problems(cfg: Any) -> list[tuple[str, str]]:
 
 def scheduler_problems(space: SearchSpace, base_evals: int, evals: dict[str, int]) -> list[tuple[str, str]]:
     """``max_t`` must exceed every trial's evaluations (its closing report is one more iteration)."""
-    s = space.scheduler
-    if s.type != "asha":
+    s, kind = space.scheduler, space.scheduler_type
+    if kind not in ("asha", "moasha"):
         return []
     max_t = s.max_t or base_evals + 1
     worst_label, worst = max(evals.items(), key=lambda kv: kv[1]) if evals else ("", base_evals)
@@ -195,9 +201,9 @@ def scheduler_problems(space: SearchSpace, base_evals: int, evals: dict[str, int
     if max_t > worst:
         return []
     given = f"{max_t}" if s.max_t else f"the default {max_t} (base evaluations + 1)"
-    return [("scheduler.max_t", (f"{given} is at or below the {worst} evaluations of {worst_label}: ASHA would "
-                                 "stop every such trial before its closing report, so none could be COMPLETE; fix: "
-                                 f"max_t: {worst + 1} or more"))]
+    return [("scheduler.max_t", (f"{given} is at or below the {worst} evaluations of {worst_label}: "
+                                 f"{kind.upper()} would stop every such trial before its closing report, so none "
+                                 f"could be COMPLETE; fix: max_t: {worst + 1} or more"))]
 
 
 def resource_problems(space: SearchSpace) -> list[tuple[str, str]]:
@@ -223,8 +229,10 @@ def problems(space: SearchSpace, cfg: Any) -> list[str]:
     pretrained_init = space.pretrain.enabled if hasattr(space, "pretrain") else False
 
     def base_line(key: str, text: str) -> str:
+        if key in space.command_line:
+            return f"--set {key}={space.command_line[key]}: {text}"
         if key in space.base.overrides:
-            return f"{in_space('base.overrides')}: base.overrides.{key}: {text}"
+            return f"{in_space(f'base.overrides.{key}')}: base.overrides.{key}: {text}"
         return f"{in_base(key)}: {key}: {text}"
 
     lines: list[str] = []
@@ -257,7 +265,27 @@ def problems(space: SearchSpace, cfg: Any) -> list[str]:
             variant(in_space("search.points_to_evaluate"), key, "this point", to_overrides(space, dict(point)))
     lines += [f"{in_space(k)}: {k}: {t}" for k, t in scheduler_problems(space, cfg.num_evaluations, evals)]
     lines += [f"{in_space(k)}: {k}: {t}" for k, t in resource_problems(space)]
+    lines += [f"{in_space(k)}: {k}: {t}" for k, t in storage_problems(space)]
+    if not any(k.startswith("data.") for k, _ in base_found):  # the real-feature caches' size needs the data set
+        lines += [base_line(k, t) for k, t in real_cache_size_problems(space, cfg)]
     return lines
+
+
+def storage_problems(space: SearchSpace) -> list[tuple[str, str]]:
+    """A storage path (``storage.path`` / ``--storage``) the driver cannot create and write a file in."""
+    uri = space.storage.path
+    probe = f"{uri.rstrip('/')}/.isp-search-write-check-{os.getpid()}"
+    try:
+        fs, path = filesystem(probe)
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with fs.open_output_stream(path) as f:
+            f.write(b"ok")
+        fs.delete_file(path)
+    except (OSError, ValueError) as e:  # pyarrow raises OSError subclasses (and ValueError for a bad URI)
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        return [("storage.path", (f"cannot write to {uri} (storage.path or --storage): {reason}; fix: a folder "
+                                  "every node can write (an NFS mount at the same path, or s3://bucket/prefix)"))]
+    return []
 
 
 def check(space: SearchSpace, cfg: TrainConfig) -> None:

@@ -5,7 +5,8 @@ ask for every choice of a searched ``data.demosaicer`` too. :func:`plan` lists t
 builds the missing ones (chunks computed by Ray tasks spread over the cluster's CPUs when Ray is running, else by
 local processes) into ``$ISP_SEARCH_CACHE`` (on shared storage, every node then reads the same stores); configs
 with ``data.packed: true`` get their packs of decoded images too. :func:`prepare_stage` is the study's stage:
-``<exp>/prepare.json`` lists the stores with their build times.
+it then fills every real-feature cache the trials can read (:mod:`isp_search.search.prepare_real`), and
+``<exp>/prepare.json`` lists the stores and those caches with their build times.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from isp_search.progress import Progress
 from isp_search.search.context import StudyContext
 from isp_search.search.experiment import read_json, write_json
 from isp_search.search.faults import hold_marker, hold_point
+from isp_search.search.prepare_real import build as build_real_caches
+from isp_search.search.prepare_real import still_there as real_caches_still_there
 from isp_search.search.pretrain import pretrain_config
 
 SPLITS = ("train", "val", "test")
@@ -172,16 +175,20 @@ def pack(configs: Sequence[Any]) -> None:
 
 
 def prepare_stage(ctx: StudyContext) -> list[StoreJob]:
-    """Build every reference store a trial of the study (and its pretrain run) can ask for; record them."""
+    """Build every reference store and real-feature cache a trial of the study (and its pretrain run) can ask
+    for; record them."""
     pre = pretrain_config(ctx.space)
     configs = ([pre] if pre is not None else []) + [ctx.cfg]
     jobs = plan(configs, space_demosaicers(ctx.space))
     record = read_json(f"{ctx.exp.uri}/{RECORD}")
-    if record and still_there(record["stores"], jobs):  # done by an earlier run of this study
-        print(f"prepare: {len(jobs)} reference stores (recorded by this study, all present)", flush=True)
+    if record and still_there(record["stores"], jobs) and real_caches_still_there(record.get("real_caches")):
+        print(f"prepare: {len(jobs)} reference stores, {len(record['real_caches'])} real-feature caches "
+              "(recorded by this study, all present)", flush=True)  # done by an earlier run of this study
         pack(configs)  # a pack already built is found, not rebuilt
         return jobs
     prepare(jobs, use_ray=True, hold=hold_point(hold_marker(ctx.exp.uri, "prepare")))
     pack(configs)
-    write_json(f"{ctx.exp.uri}/{RECORD}", {"stores": [j.row() for j in jobs], "finished": time.time()})
+    caches = []  # MUTATION build_real_caches(ctx.space, ctx.cfg)
+    write_json(f"{ctx.exp.uri}/{RECORD}", {"stores": [j.row() for j in jobs], "real_caches": caches,
+                                           "finished": time.time()})
     return jobs

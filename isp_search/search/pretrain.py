@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +28,11 @@ from isp_search.models.checkpoint import resolve_checkpoint_path
 from isp_search.search.context import StudyContext
 from isp_search.search.experiment import read_json, write_json
 from isp_search.search.faults import hold_marker, hold_point
+from isp_search.search.placement import avoiding
 from isp_search.search.space import SearchSpace
 from isp_search.train.config import TrainConfig, apply_overrides, load_train_config
 from isp_search.train.loop import train
+from isp_search.train.state import load_training_checkpoint
 
 RECORD = "pretrain.json"  # in the experiment folder: the run the trials start from (see ``record``)
 
@@ -45,15 +47,20 @@ def is_complete(run_dir: Path) -> bool:
     return summary.is_file() and json.loads(summary.read_text()).get("status") == "completed"
 
 
-def run_once(cfg: Any, run_dir: str | os.PathLike, hold: Callable[[], None] | None = None) -> dict[str, Any]:
+def run_once(cfg: Any, run_dir: str | os.PathLike, hold: Callable[[], None] | None = None,
+             label: str = "pretrain") -> dict[str, Any]:
     """Train ``cfg`` into ``run_dir`` unless it completed there; resumed from its ``last.pt`` if cut off.
 
-    ``hold`` (tests) is called after the first checkpoint. Returns the run's summary."""
+    ``hold`` (tests) is called after the first checkpoint; ``label`` names the run in its progress lines.
+    Returns the run's summary."""
     run_dir = Path(run_dir)
     if is_complete(run_dir):
         return {**json.loads((run_dir / "summary.json").read_text()), "reused": True}
     last = run_dir / "checkpoints" / "last.pt"
     resumed = last.is_file()
+    if resumed:  # a retried task (node lost) or a --resume: said in the job log, where the worker's lines go
+        print(f"{label}: restarted, from step {load_training_checkpoint(last)['step']} of {cfg.train.steps}",
+              flush=True)
     calls = []
 
     def report(step: int, metrics: dict, checkpoint_dir: str) -> None:
@@ -61,7 +68,8 @@ def run_once(cfg: Any, run_dir: str | os.PathLike, hold: Callable[[], None] | No
         if hold is not None and len(calls) == 1:
             hold()
 
-    summary = train(cfg, run_dir, report=report if hold else None, resume=run_dir if resumed else None)
+    summary = train(cfg, run_dir, report=report if hold else None, resume=run_dir if resumed else None,
+                    progress_label=label)
     if summary["status"] != "completed":
         raise UserError(f"pretrain run {run_dir} ended {summary['status']}: {summary.get('reason')}")
     return {**summary, "reused": False, "resumed": resumed}
@@ -99,14 +107,15 @@ def pretrain_stage(ctx: StudyContext) -> StudyContext:
     if rec and rec.get("init_from") and is_complete_or_file(rec["init_from"]):
         print(f"pretrain: {rec['init_from']} (recorded by this study)", flush=True)
         return ctx.starting_from(rec["init_from"])
-    init = starting_point(ctx.space, use_ray=True, marker=hold_marker(ctx.exp.uri, "pretrain"))
+    init = starting_point(ctx.space, use_ray=True, marker=hold_marker(ctx.exp.uri, "pretrain"), avoid=ctx.excluded_nodes)
     if init is None:
         return ctx
     write_json(f"{ctx.exp.uri}/{RECORD}", record(init))
     return ctx.starting_from(init)
 
 
-def starting_point(space: SearchSpace, use_ray: bool = True, marker: str | None = None) -> str | None:
+def starting_point(space: SearchSpace, use_ray: bool = True, marker: str | None = None,
+                   avoid: Sequence[str] = ()) -> str | None:
     """The ``model.init_from`` for every trial: ``pretrain.init_from``, or the (trained, reused or resumed) run."""
     p = space.pretrain
     if p.init_from:
@@ -123,7 +132,7 @@ def starting_point(space: SearchSpace, use_ray: bool = True, marker: str | None 
     print(f"pretrain: training {run_dir}" + (" (resuming)" if (run_dir / "checkpoints" / "last.pt").is_file()
                                             else ""), flush=True)
     if use_ray:
-        summary = _ray_run(space, cfg, run_dir, marker)
+        summary = _ray_run(space, cfg, run_dir, marker, avoid)
     else:
         summary = run_once(cfg, run_dir, hold_point(marker))
     psnr = (summary.get("val") or {}).get("psnr", float("nan"))
@@ -131,11 +140,13 @@ def starting_point(space: SearchSpace, use_ray: bool = True, marker: str | None 
     return str(run_dir)
 
 
-def _ray_run(space: SearchSpace, cfg: TrainConfig, run_dir: Path, marker: str | None) -> dict[str, Any]:
+def _ray_run(space: SearchSpace, cfg: TrainConfig, run_dir: Path, marker: str | None,
+             avoid: Sequence[str] = ()) -> dict[str, Any]:
     """One Ray task with the trials' resources; a deterministic error comes back as itself, not a Ray traceback."""
     res = space.resources
     task = ray.remote(num_cpus=res.cpu, num_gpus=res.gpu, resources=dict(res.custom) or None,
-                      max_retries=max(0, space.search.max_failures), retry_exceptions=False)(_remote_run)
+                      max_retries=max(0, space.search.max_failures), retry_exceptions=False,
+                      **avoiding(avoid))(_remote_run)
     try:
         return ray.get(task.remote(cfg, str(run_dir), marker))
     except ray.exceptions.RayTaskError as e:

@@ -65,8 +65,9 @@ class SearchCfg:
 
 @dataclass(frozen=True)
 class SchedulerCfg:
-    type: Literal["asha", "none"] = "asha"
-    metric: str = "score"
+    # auto: moasha (Pareto rank on the objectives) for two or more objectives, else asha (on ``metric``)
+    type: Literal["auto", "moasha", "asha", "none"] = "auto"
+    metric: str = "score"  # ASHA's scalar (also the checkpoint score and each trial's best evaluation)
     mode: Literal["min", "max"] = "max"  # used when ``metric`` is not a registered metric (the trainer's score)
     grace_period: int = field(default=1, metadata={"check": _pos, "valid": "int > 0"})
     reduction_factor: float = field(default=3.0, metadata={"check": lambda v: v > 1, "valid": "a number > 1"})
@@ -144,6 +145,49 @@ class ExportCfg:
 
 
 @dataclass(frozen=True)
+class ConfirmCfg:
+    """After the search: the exported trials and the default point trained again with more seeds."""
+
+    seeds: int = field(default=2, metadata={"check": lambda v: v >= 0, "valid": "int >= 0 (0: no confirmation)"})
+
+
+@dataclass(frozen=True)
+class MlflowCfg:
+    """Ray Tune's MLflow logger: one MLflow run per trial, its sampled parameters and every report's metrics."""
+
+    tracking_uri: str | None = None  # turns it on: file:///mnt/isp-search/mlruns, sqlite:///x.db, http://host:5000
+    experiment: str | None = None  # the MLflow experiment; default: the study's experiment name
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.tracking_uri)
+
+
+@dataclass(frozen=True)
+class WandbCfg:
+    """Ray Tune's Weights & Biases logger: one W&B run per trial (id = the Ray trial id)."""
+
+    project: str | None = None  # turns it on
+    mode: Literal["online", "offline"] = "online"  # offline: runs stay on disk for `wandb sync`
+    group: str | None = None  # default: the study's experiment name
+    dir: str | None = None  # where wandb/ goes; default $WANDB_DIR, else the experiment folder
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.project)
+
+
+@dataclass(frozen=True)
+class TrackingCfg:
+    """Experiment tracking where users already look (isp_search.search.tracking); each part is off when absent."""
+
+    mlflow: MlflowCfg = field(default_factory=MlflowCfg, metadata={
+        "check": lambda m: m.enabled, "valid": "a tracking_uri (file:///..., sqlite:///....db or http://host:port)"})
+    wandb: WandbCfg = field(default_factory=WandbCfg, metadata={
+        "check": lambda w: w.enabled, "valid": "a project (the W&B project the trials' runs go to)"})
+
+
+@dataclass(frozen=True)
 class SearchSpace:
     """A whole search-space file."""
 
@@ -157,7 +201,10 @@ class SearchSpace:
     storage: StorageCfg = field(default_factory=StorageCfg)
     export: ExportCfg = field(default_factory=ExportCfg)
     pretrain: PretrainCfg = field(default_factory=PretrainCfg)
+    confirm: ConfirmCfg = field(default_factory=ConfirmCfg)
+    tracking: TrackingCfg = field(default_factory=TrackingCfg)
     source: str = ""  # the YAML file this came from
+    command_line: dict[str, Any] = field(default_factory=dict)  # --set KEY=VALUE: errors about them name the flag
 
     @property
     def metric_names(self) -> list[str]:
@@ -166,6 +213,13 @@ class SearchSpace:
     @property
     def modes(self) -> list[str]:
         return [o.direction or "min" for o in self.objectives]
+
+    @property
+    def scheduler_type(self) -> str:
+        """The early-stopping scheduler the search runs: ``scheduler.type`` with ``auto`` resolved."""
+        if self.scheduler.type == "auto":
+            return "moasha" if len(self.objectives) >= 2 else "asha"
+        return self.scheduler.type
 
 
 def metric_direction(metric: str) -> str:

@@ -76,8 +76,9 @@ def parse_space(data: Any, src: Source, yaml_dir: Path | None = None) -> SearchS
     raw = dict(data)
     params_raw = raw.pop("space", None) or {}
     objectives_raw = raw.pop("objectives", None)
-    if "source" in raw:
-        raise ConfigError(f"{src.where('source')}: unknown key source")
+    for internal in ("source", "command_line"):  # filled in by the program, not the file
+        if internal in raw:
+            raise ConfigError(f"{src.where(internal)}: unknown key {internal}")
     cfg = build(SearchSpace, raw, src)
     if not isinstance(params_raw, dict):
         raise ConfigError(f"{src.where('space')}: space: expected a mapping of dotted config key -> parameter")
@@ -120,9 +121,13 @@ def parse_space(data: Any, src: Source, yaml_dir: Path | None = None) -> SearchS
         raise ConfigError(f"{src.where('export.results')}: export.results: expected a local folder, got "
                           f"{export.results!r}")
     name = cfg.name or Path(src.file).stem
-    return replace(cfg, name=name, base=base, space=params, objectives=objectives, storage=storage, export=export,
-                   pretrain=pretrain,
-                   source=str(Path(src.file).resolve()) if os.path.exists(src.file) else src.file)
+    space = replace(cfg, name=name, base=base, space=params, objectives=objectives, storage=storage, export=export,
+                    pretrain=pretrain,
+                    source=str(Path(src.file).resolve()) if os.path.exists(src.file) else src.file)
+    if space.scheduler_type == "moasha" and len(objectives) < 2:
+        raise ConfigError(f"{src.where('scheduler.type')}: scheduler.type: moasha ranks trials on two or more "
+                          f"objectives, this space has one ({objectives[0].metric}); use asha")
+    return replace(space, scheduler=replace(space.scheduler, type=space.scheduler_type))  # auto resolved
 
 
 def _parse_pretrain(p: PretrainCfg, src: Source, yaml_dir: Path | None) -> PretrainCfg:

@@ -1,14 +1,18 @@
-"""A study is one command: preflight -> prepare -> pretrain -> search -> export, each stage skipped when its
+"""A study is one command: preflight -> prepare -> pretrain -> search -> confirm -> export, each stage skipped when its
 result is already there, so ``--resume`` after a kill at any point carries on where the study stopped.
 
 * **preflight** (driver, before any GPU is asked for): every problem of the space, one line each
   (:mod:`isp_search.search.preflight`).
 * **prepare**: every reference store a trial or the pretrain run can read, built once as Ray tasks over the
   cluster's CPUs (:mod:`isp_search.search.prepare`); ``<exp>/prepare.json`` lists them with build times.
+* **nodes**: every node that can take a trial checks, on itself, the storage, data, weights and those caches
+  (:mod:`isp_search.search.nodes`); a failing node stops the study, or is left out with ``--skip-bad-nodes``.
 * **pretrain**: the run every trial starts from, one GPU task, reused when it completed
   (:mod:`isp_search.search.pretrain`); ``<exp>/pretrain.json`` records it.
 * **search**: Ray Tune + Optuna (:mod:`isp_search.search.tuner`); a resumed study first puts Ray's saved state
   and the Optuna study in step (:mod:`isp_search.search.resume`).
+* **confirm**: the trials about to be exported and the default point trained again with ``confirm.seeds`` more
+  seeds, as Ray tasks (:mod:`isp_search.search.confirm`); their means decide the export.
 * **export**: the Pareto-optimal trials exported, gated, timed and added to the leaderboard
   (:mod:`isp_search.search.export_stage`), then the closing table.
 
@@ -21,9 +25,11 @@ from __future__ import annotations
 from ray import tune
 
 from isp_search.search.cluster import connect
+from isp_search.search.confirm import confirm_stage
 from isp_search.search.context import StudyContext, open_study
 from isp_search.search.experiment import write_meta
 from isp_search.search.export_stage import export_stage
+from isp_search.search.nodes import check_nodes
 from isp_search.search.pareto import PostSummary
 from isp_search.search.preflight import preflight
 from isp_search.search.prepare import prepare_stage
@@ -35,7 +41,7 @@ from isp_search.search.tuner import fit
 
 
 def run_study(space: SearchSpace, name: str | None = None, resume: bool = False, address: str | None = None,
-              smoke: bool = False) -> PostSummary:
+              smoke: bool = False, skip_bad_nodes: bool = False) -> PostSummary:
     """Every stage in order; prints the closing table and returns the summary behind it."""
     ctx = open_study(space, name=name, resume=resume, smoke=smoke)  # the base config is loaded here, once
     connect(address)
@@ -43,9 +49,11 @@ def run_study(space: SearchSpace, name: str | None = None, resume: bool = False,
     if not resume:
         write_meta(ctx.exp, ctx.space)
     prepare_stage(ctx)
+    ctx = check_nodes(ctx, skip_bad=skip_bad_nodes)  # on every node that can take a trial, after the caches exist
     ctx = pretrain_stage(ctx)
     results = search_stage(ctx)
-    summary = export_stage(ctx, results)
+    confirmed = confirm_stage(ctx)
+    summary = export_stage(ctx, results, confirmed)
     print(format_summary(summary, ctx.space, ctx.exp))
     return summary
 

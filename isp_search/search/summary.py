@@ -6,10 +6,11 @@ from typing import Any
 
 from optuna.trial import TrialState
 
+from isp_search.search.baselines import beats, difference
+from isp_search.search.confirm import beats_by
 from isp_search.search.experiment import Experiment
 from isp_search.search.pareto import PostSummary
 from isp_search.search.reconcile import FAIL_ATTR, RAY_TRIAL_ATTR, final_trials
-from isp_search.search.baselines import beats, difference
 from isp_search.search.space import SearchSpace
 
 
@@ -34,6 +35,7 @@ def format_summary(summary: PostSummary, space: SearchSpace, exp: Experiment) ->
     lines.append("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows] or ["(no COMPLETE trial)"]
     lines += baseline_lines(summary, space)
+    lines += confirmation_lines(summary, space)
     for t in final_trials(summary.study, (TrialState.FAIL,)):
         lines.append(f"failed trial #{t.number} {t.user_attrs.get(RAY_TRIAL_ATTR, '')}: "
                      f"{t.user_attrs.get(FAIL_ATTR, '?')}")
@@ -117,3 +119,45 @@ def _num(v: Any) -> str:
 
 def _delta(v: float | None) -> str:
     return "–" if v is None else f"{v:+.3g}"
+
+
+def confirmation_lines(summary: PostSummary, space: SearchSpace) -> list[str]:
+    """The confirmed configurations (mean ± sd over seeds) and, per objective, whether the best beats the default
+    by more than twice the standard error of the difference."""
+    shown = [(e.number, e.trial_id, "searched", e.confirmed) for e in summary.pareto if e.confirmed]
+    default = next((b.confirmed for b in summary.baselines if b.name == "default" and b.confirmed), None)
+    if default is not None and all(c is not default for *_, c in shown):
+        shown.append((default.number, default.trial_id, "default", default))
+    if not shown:
+        return []
+    names = [o.metric for o in space.objectives]
+    keys = [f"{split}/{m}" for split in ("val", "test") for m in names]
+    cols = ["#", "trial", "role", "n"] + [k.replace("/", " ") for k in keys]
+    rows = [[str(num), tid, "default" if c is default else role, str(c.n)]
+            + [f"{c.mean[k]:.4g} ± {c.sd[k]:.2g}" if k in c.mean else "–" for k in keys]
+            for num, tid, role, c in shown]
+    out = ["confirmed over seeds (mean ± sd of n training runs; the search's own run is one of them):"]
+    out += _table(cols, rows)
+    searched = [c for *_, c in shown if c is not default]
+    if default is None or not searched:
+        out.append("best against the default beyond seed noise: not measured (no confirmed default point)"
+                   if default is None else "best against the default beyond seed noise: no searched model confirmed")
+        return out
+    out.append("does the best beat the default beyond seed noise (by more than 2 standard errors of the difference)?")
+    for o in space.objectives:
+        key, sign = f"val/{o.metric}", (1.0 if o.direction == "max" else -1.0)
+        have = [c for c in searched if key in c.mean]
+        if not have:
+            out.append(f"  {key}: not measured")
+            continue
+        best = max(have, key=lambda c: sign * c.mean[key])
+        res = beats_by(best, default, key, o.direction or "min")
+        if res is None:
+            out.append(f"  {key}: not measured")
+            continue
+        diff, se, beyond = res
+        word = ("yes, beyond seed noise" if beyond else
+                "better on average, but within seed noise" if sign * diff > 0 else "no, not better than the default")
+        out.append(f"  {key}: {word}: #{best.number} {best.mean[key]:.4g} vs default {default.mean[key]:.4g}, "
+                   f"difference {diff:+.3g} ± {se:.2g} (n={best.n}, {default.n})")
+    return out

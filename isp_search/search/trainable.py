@@ -6,6 +6,9 @@ itself (metrics, TensorBoard, samples) is written under the experiment in storag
 2.60 keeps ``get_trial_dir()`` local). The closing report
 has ``final=1``, the trial's status and the objective values of its best evaluation so far (by the scheduler's
 scalar ``score``); the searcher reads that report to tell Optuna COMPLETE, PRUNED or FAIL.
+
+In the job log a trial is ``trial <id>: ...`` lines: train()'s progress (every 30 s and at each evaluation) and,
+restarted from a checkpoint (node lost, ``--resume``), ``trial <id>: attempt 2 after a restart, from step 50``.
 """
 
 from __future__ import annotations
@@ -30,11 +33,13 @@ STATE_FILE = "search_state.json"  # best-so-far tracker, stored inside each repo
 
 
 class BestSoFar:
-    """The evaluation with the best ``score`` seen so far (survives restarts through the checkpoint)."""
+    """The evaluation with the best ``score`` seen so far, and which attempt of the trial this is: both survive
+    restarts through the checkpoint (so an attempt that died before its first checkpoint is not counted)."""
 
     def __init__(self, score: str, mode: str) -> None:
         self.score, self.mode = score, mode
         self.best: dict[str, Any] | None = None
+        self.attempt, self.restored_step = 1, 0
 
     def update(self, step: int, metrics: dict[str, Any]) -> None:
         s = metrics.get(self.score)
@@ -43,13 +48,17 @@ class BestSoFar:
         if self.best is None or (s > self.best[self.score] if self.mode == "max" else s < self.best[self.score]):
             self.best = {**{k: v for k, v in metrics.items() if _plain(v)}, "step": step}
 
-    def save(self, folder: str | Path) -> None:
-        (Path(folder) / STATE_FILE).write_text(json.dumps({"best": self.best}))
+    def save(self, folder: str | Path, step: int) -> None:
+        (Path(folder) / STATE_FILE).write_text(json.dumps({"best": self.best, "step": step,
+                                                           "attempt": self.attempt}))
 
     def load(self, folder: str | Path) -> None:
+        """Continue from the checkpoint in ``folder``: its best so far, the next attempt, its step."""
         p = Path(folder) / STATE_FILE
-        if p.is_file():
-            self.best = json.loads(p.read_text()).get("best")
+        state = json.loads(p.read_text()) if p.is_file() else {}
+        self.best = state.get("best")
+        self.attempt = int(state.get("attempt", 1)) + 1
+        self.restored_step = int(state.get("step", (self.best or {}).get("step", 0)))
 
 
 def _plain(v: Any) -> bool:
@@ -92,10 +101,6 @@ def upload_run(run_dir: Path, uri: str) -> None:
         pyarrow.fs.copy_files(str(f), dst, destination_filesystem=fs)
 
 
-def folder_bytes(folder: str | Path) -> int:
-    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
-
-
 def run_trial(config: dict[str, Any], *, space: SearchSpace, base_cfg: TrainConfig, score_mode: str,
               exp_uri: str = "") -> None:
     """The Ray Tune function trainable: apply the sampled values to ``base_cfg`` and train, reporting as it goes."""
@@ -106,15 +111,14 @@ def run_trial(config: dict[str, Any], *, space: SearchSpace, base_cfg: TrainConf
     else:
         run_dir, upload = Path(ctx.get_trial_dir()) / "run", None
     tracker = BestSoFar(space.scheduler.metric, score_mode)
+    label = f"trial {ctx.get_trial_id()}"  # its progress lines (train()'s, one per evaluation) in the job log
 
     def report(step: int, metrics: dict[str, Any], checkpoint_dir: str) -> None:
         values = _numbers(metrics)
         tracker.update(step, values)
-        tracker.save(checkpoint_dir)
+        tracker.save(checkpoint_dir, step)
         if upload:
             upload_run(run_dir, upload)
-        print(f"trial {ctx.get_trial_id()} step {step}: reported checkpoint {folder_bytes(checkpoint_dir) / 1e6:.1f} MB "
-              f"({', '.join(sorted(p.name for p in Path(checkpoint_dir).iterdir()))})", flush=True)
         tune.report(with_required({**values, "step": step}, objective_names(space)),
                     checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
 
@@ -123,7 +127,9 @@ def run_trial(config: dict[str, Any], *, space: SearchSpace, base_cfg: TrainConf
     with resume_ctx as resume_dir:
         if resume_dir:
             tracker.load(resume_dir)
-        summary = train(cfg, run_dir, report=report, resume=resume_dir)
+            print(f"{label}: attempt {tracker.attempt} after a restart, from step {tracker.restored_step}",
+                  flush=True)
+        summary = train(cfg, run_dir, report=report, resume=resume_dir, progress_label=label)
     final = final_report(summary, tracker, space, run_dir)
     if upload:
         upload_run(run_dir, upload)

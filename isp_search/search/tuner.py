@@ -1,4 +1,5 @@
-"""The search stage's engine: a Ray Tune ``Tuner`` driven by the Optuna searcher, ASHA on the scalar score.
+"""The search stage's engine: a Ray Tune ``Tuner`` driven by the Optuna searcher, with early stopping by MOASHA
+(Pareto rank on the objectives, :mod:`isp_search.search.moasha`), ASHA (on the scalar score) or none.
 
 :func:`fit` builds the Tuner of a study (or restores the one a killed driver left) and runs it to the end.
 """
@@ -8,12 +9,16 @@ from __future__ import annotations
 from typing import Any
 
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import TrialScheduler
 
+from isp_search.search.baselines import default_point
 from isp_search.search.context import StudyContext
 from isp_search.search.guard import DeterministicErrors, guard
+from isp_search.search.keep_default import DefaultKeepingASHA, DefaultKeepingMOASHA
+from isp_search.search.placement import node_selector
 from isp_search.search.reporter import TrialTable
 from isp_search.search.searcher import make_searcher
+from isp_search.search.tracking import tracking_callbacks
 from isp_search.search.trainable import run_trial
 
 
@@ -38,7 +43,8 @@ def fit(ctx: StudyContext, recorded: dict[str, dict] | None = None) -> tune.Resu
             name=ctx.exp.name, storage_path=space.storage.path, verbose=1,
             progress_reporter=TrialTable(metric_columns=metric_columns, parameter_columns=list(space.space)),
             failure_config=tune.FailureConfig(max_failures=space.search.max_failures),
-            callbacks=[DeterministicErrors(space.search.max_failures)],  # a bad config/file fails at once
+            callbacks=[DeterministicErrors(space.search.max_failures),  # a bad config/file fails at once
+                       *tracking_callbacks(space, ctx.exp)],  # MLflow / W&B (tracking:)
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=space.scheduler.metric,
                                                     checkpoint_score_order=ctx.score_mode),
         ),
@@ -46,20 +52,30 @@ def fit(ctx: StudyContext, recorded: dict[str, dict] | None = None) -> tune.Resu
     return tuner.fit()
 
 
-def _scheduler(ctx: StudyContext) -> ASHAScheduler | None:
-    s = ctx.space.scheduler
-    if s.type == "none":
+def _scheduler(ctx: StudyContext) -> TrialScheduler | None:
+    s, kind = ctx.space.scheduler, ctx.space.scheduler_type
+    if kind == "none":
         return None
-    # ASHA stops a trial once training_iteration reaches max_t; the trainable's closing report is one iteration
+    # (MO)ASHA stops a trial once training_iteration reaches max_t; the trainable's closing report is one iteration
     # after the last evaluation, and must arrive for the trial to count as COMPLETE.
     max_t = s.max_t or int(ctx.cfg.num_evaluations or 1000) + 1
-    return ASHAScheduler(time_attr="training_iteration", metric=s.metric, mode=ctx.score_mode, max_t=max_t,
-                         grace_period=s.grace_period, reduction_factor=s.reduction_factor)
+    # the default point (the first of points_to_evaluate) is a baseline: it always trains the whole budget
+    if kind == "moasha":
+        scheduler = DefaultKeepingMOASHA(ctx.space.metric_names, ctx.space.modes, time_attr="training_iteration",
+                                         max_t=max_t, grace_period=s.grace_period, reduction_factor=s.reduction_factor)
+    else:
+        scheduler = DefaultKeepingASHA(time_attr="training_iteration", metric=s.metric, mode=ctx.score_mode,
+                                       max_t=max_t, grace_period=s.grace_period, reduction_factor=s.reduction_factor)
+    scheduler.keep = default_point(ctx.space)
+    return scheduler
 
 
 def _trainable(ctx: StudyContext, recorded: dict[str, dict] | None) -> Any:
     res = ctx.space.resources
-    resources = {"cpu": res.cpu, "gpu": res.gpu, **res.custom}
+    resources: Any = {"cpu": res.cpu, "gpu": res.gpu, **res.custom}
+    if ctx.excluded_nodes:  # --skip-bad-nodes: the same resources, on every node but those that failed the check
+        bundle = {k: v for k, v in {"CPU": res.cpu, "GPU": res.gpu, **res.custom}.items() if v > 0}
+        resources = tune.PlacementGroupFactory([bundle], bundle_label_selector=[node_selector(ctx.excluded_nodes)])
     # guard: trials final in Optuna replay their ``recorded`` result; errors reach Optuna with their real cause
     return tune.with_resources(tune.with_parameters(guard(run_trial), space=ctx.space, base_cfg=ctx.cfg,
                                                     score_mode=ctx.score_mode, exp_uri=ctx.exp.uri,

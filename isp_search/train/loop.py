@@ -43,6 +43,9 @@ from isp_search.train.step import (
 Report = Callable[[int, dict[str, Any], str], None]
 # The batch keys a training step reads: only these travel to the device (raw, paired_target, index stay behind).
 STEP_KEYS = frozenset({"input", "reference", "target"})
+# The validation numbers a progress line carries (the latest evaluation's), and how: short enough that a trial's
+# line keeps within 120 columns behind Ray's "(run_trial pid=...)" prefix.
+PROGRESS_METRICS = {"psnr": "{:.2f}", "ssim": "{:.3f}", "lpips": "{:.3f}"}
 
 
 def pick_device(name: str) -> torch.device:
@@ -54,11 +57,13 @@ def pick_device(name: str) -> torch.device:
 
 
 def train(cfg: TrainConfig, run_dir: str | Path, report: Report | None = None,
-          resume: str | Path | None = None) -> dict[str, Any]:
+          resume: str | Path | None = None, progress_label: str | None = None) -> dict[str, Any]:
     """Train the generator of ``cfg`` into ``run_dir``; returns (and writes) the summary dict.
 
     ``report(step, metrics, checkpoint_dir)`` is called after every evaluation, once the checkpoint is written.
     ``resume``: a run folder, its ``checkpoints/`` folder or a ``last.pt`` to continue exactly from.
+    ``progress_label`` (a search's ``trial 1bd6f84a``, ``pretrain``): progress under that name even where
+    ``train.progress`` is off (a bar on a terminal, else a line every 30 s and one per evaluation).
     """
     t_start = time.time()
     if cfg.mode in GAN_MODES and not cfg.model.init_from and resume is None and not cfg.model.allow_scratch:
@@ -170,10 +175,14 @@ def train(cfg: TrainConfig, run_dir: str | Path, report: Report | None = None,
                                    backbone_weights=cfg.backbone_weights, config=to_dict(cfg))
         emit("val", step, val)
         tb.flush()  # an evaluation is never lost to a stopped trial (the writer flushes only every 120 s)
+        bar.set_postfix(**{k: fmt.format(val[k]) for k, fmt in PROGRESS_METRICS.items() if k in val})
+        bar.print_line()
         if report is not None:
             report(step, {**val, "step": step, "best_score": best["score"]}, str(ckpt_dir))
         return best
 
+    bar = Progress(cfg.train.steps, progress_label or "train", unit="step", initial=step,
+                   enabled=cfg.train.progress or progress_label is not None)
     try:
         # ---- the start is a candidate: a run that never beats its init_from says so (best_step 0) -------------------
         if step == 0 and resume is None and cfg.evaluates_start:
@@ -182,7 +191,6 @@ def train(cfg: TrainConfig, run_dir: str | Path, report: Report | None = None,
         # ---- the loop ----------------------------------------------------------------------------------------------
 
         status, reason = "completed", None
-        bar = Progress(cfg.train.steps, "train", unit="step", initial=step, enabled=cfg.train.progress)
         batches = iter(loader())
         timings = {"data_s": 0.0, "step_s": 0.0}
         while step < cfg.train.steps:
@@ -216,7 +224,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, report: Report | None = None,
             bar.update(1)
             if step % cfg.train.log_interval == 0 or step == cfg.train.steps:
                 emit("train", step, metrics)
-                bar.set_postfix(loss=f"{metrics['loss/total']:.3g}")
+                bar.set_postfix(**{**bar.postfix, "loss": f"{metrics['loss/total']:.3g}"})
             if step % cfg.train.eval_interval == 0 or step == cfg.train.steps:
                 best = evaluate_candidate(best)
         bar.close()
