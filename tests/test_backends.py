@@ -87,8 +87,9 @@ def s3(tmp_path_factory):
 
     port = free_port()
     log = tmp_path_factory.mktemp("moto") / "moto.log"
-    proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], stdout=open(log, "w"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    with open(log, "w") as out:  # the server keeps its own copy of the descriptor
+        proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
     env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
     try:
@@ -122,7 +123,7 @@ def head(s3):
 
 def set_storage(space: Path, storage: str) -> None:
     """Replace the ``storage:`` line of a space written by ``write_space``."""
-    text, n = re.subn(r"^storage: .*$", f"storage: {storage}", space.read_text(), flags=re.M)
+    text, n = re.subn(r"^storage: .*$", f"storage: {storage}", space.read_text(), flags=re.MULTILINE)
     assert n == 1, text
     space.write_text(text)
 
@@ -195,11 +196,11 @@ def test_postgres_study_survives_a_driver_kill_and_resume(head, postgres, tmp_pa
     print(f"postgres study with a driver kill and --resume: {time.time() - t0:.0f} s")
 
 
-def test_s3_experiment_survives_a_driver_kill_and_resume_elsewhere(head, s3, tmp_path, monkeypatch):
+def test_s3_experiment_survives_a_driver_kill_and_resume_from_the_bucket(head, s3, tmp_path, monkeypatch):
     """``--storage s3://bucket/prefix`` on moto's S3 emulator: trial folders, checkpoints, run folders and the
     mirrored Optuna journal land in the bucket (listed through pyarrow). The driver is SIGKILLed once the bucket's
-    journal holds a COMPLETE trial; ``--resume`` from another HOME (a fresh machine: no local journal) restores the
-    journal from the bucket and ends with 2 Ray trials, each exactly once COMPLETE; nothing is written locally."""
+    journal holds a COMPLETE trial and its local journal is deleted (a fresh driver machine); ``--resume`` restores
+    the journal from the bucket and ends with 2 Ray trials, each exactly once COMPLETE; nothing else is local."""
     from pyarrow import fs as pafs
 
     from isp_search.search.experiment import read_meta
@@ -229,13 +230,14 @@ def test_s3_experiment_survives_a_driver_kill_and_resume_elsewhere(head, s3, tmp
             return False
 
     t0 = time.time()
-    kill_after_a_complete_trial(space, "s31", complete, {**env, "HOME": str(tmp_path / "home1")},
-                                tmp_path / "first.log")
-    out = resume(space, "s31", {**env, "HOME": str(tmp_path / "home2")}, tmp_path / "resume.log")
-    assert "trial(s) final in the study are kept" in out, out[-3000:]
+    env["HOME"] = str(tmp_path / "home")  # the driver keeps the journal in ~/.cache/isp-search/optuna
+    kill_after_a_complete_trial(space, "s31", complete, env, tmp_path / "first.log")
     meta = read_meta(exp_uri)
-    local = tmp_path / "home2" / ".cache" / "isp-search" / "optuna" / "s31.journal"
-    assert meta["optuna_storage"].endswith("/.cache/isp-search/optuna/s31.journal") and local.is_file()
+    local = Path(meta["optuna_storage"])
+    assert local == tmp_path / "home" / ".cache" / "isp-search" / "optuna" / "s31.journal", local
+    local.unlink()  # the driver's machine is gone: only the bucket's copy is left
+    out = resume(space, "s31", env, tmp_path / "resume.log")
+    assert "trial(s) final in the study are kept" in out and local.is_file(), out[-3000:]
     study = load_study(meta["study_name"], str(local))
     known = ray_statuses(exp_uri)
     assert sorted(known.values()) == ["TERMINATED"] * SAMPLES, known
@@ -251,4 +253,4 @@ def test_s3_experiment_survives_a_driver_kill_and_resume_elsewhere(head, s3, tmp
         assert any(re.fullmatch(rf"{trial}/checkpoint_\d+/last\.pt", f) for f in files), sorted(files)
     assert any(f.startswith("experiment_state-") for f in files), sorted(files)
     assert not (tmp_path / "exp").exists()  # nothing went to a local folder instead
-    print(f"s3 study with a driver kill and --resume elsewhere: {time.time() - t0:.0f} s")
+    print(f"s3 study with a driver kill and --resume from the bucket: {time.time() - t0:.0f} s")

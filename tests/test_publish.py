@@ -64,6 +64,7 @@ def test_leaderboard_add_row_names_its_deployed_files_data_and_device(tmp_path, 
     assert again.returncode == 0 and again.stdout.strip().count("\n") == 0, again.stderr[-2000:]
     assert "not added" in again.stdout and "baseline/efficient_isp" in again.stdout
     assert LB.read(lb).num_rows == 1 and not (tmp_path / "exp2").exists()
+    assert LB.read(lb).to_pylist()[0]["same_weights_as"] == ["baseline/copy"]  # the one row names both
 
 
 @pytest.mark.slow  # a CLI export refused at its gates, then two CLI benches (~30 s)

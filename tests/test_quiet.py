@@ -158,12 +158,12 @@ def test_trial_table_prints_on_news_only():
     queued = [_trial("a", "PENDING"), _trial("b", "PENDING")]
     assert not _shown(table, queued)  # queued trials are no news
     running = [_trial("a", "RUNNING"), queued[1]]
-    assert re.search(r"^a +RUNNING", _shown(table, running), re.M) and not _shown(table, running)
+    assert re.search(r"^a +RUNNING", _shown(table, running), re.MULTILINE) and not _shown(table, running)
     done = [_trial("a", "TERMINATED", final=1, trial_status="completed"), _trial("b", "TERMINATED")]
     assert not _shown(table, done)  # news, but within min_gap_s of the last table: deferred ...
     table._printed_at -= 61
     out = _shown(table, done)
-    assert re.search(r"^a +COMPLETE", out, re.M) and re.search(r"^b +PRUNED", out, re.M)
+    assert re.search(r"^a +COMPLETE", out, re.MULTILINE) and re.search(r"^b +PRUNED", out, re.MULTILINE)
     assert not _shown(table, done, done=True)  # ... the end once
     retried = [_trial("a", "PENDING", failures=1), done[1]]
     out = _shown(table, retried)  # a failure is said at once, in one line, however recent the last table
@@ -187,5 +187,5 @@ def test_trial_table_fits_120_columns_with_short_parameter_names():
     assert max(map(len, lines)) <= 120 and "\x1b" not in out, out
     assert lines[1].startswith("trial     state    ") and lines[1].endswith("lpips    psnr   step"), out
     assert lines[2].startswith("0a1b2c3d  RUNNING  1.235e-05") and lines[2].endswith("0.09123  21.23  1200"), out
-    assert re.search(r"^\(\d+ more parameter\(s\) in each trial's params.json\)$", out, re.M), out
+    assert re.search(r"^\(\d+ more parameter\(s\) in each trial's params.json\)$", out, re.MULTILINE), out
     assert "columns: prm_nmbr_0_w = optim.param_number_0_with_a_long_name" in out, out

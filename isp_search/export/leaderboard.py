@@ -16,7 +16,8 @@ Columns (every quality number has its data set beside it; every latency says whe
   file list hashes to ``data_fingerprint`` (first 16 hex of a sha256 over the sorted relative names).
 * deployed files (the Full-HD export that was gated and timed): ``artifacts`` (format -> absolute path),
   ``sha256`` (format -> hex digest), ``artifact_bytes`` (format -> bytes), ``deploy_size`` (HxW of those files) and ``gate_size`` (HxW of the extra gate-only export, if any),
-  ``weights_sha256`` (the generator's weights: one row per deployed weights and size).
+  ``weights_sha256`` (the generator's weights: one row per deployed weights and size) and ``same_weights_as``
+  (the other model ids, e.g. search trials, whose exported weights were these: not given rows of their own).
 * seeds: ``n_seeds``, ``seed_mean`` and ``seed_sd`` (keys ``val/lpips``, ``test/psnr``, ...): the configuration's
   values over its training seeds, for a search's confirmed models (empty: one run).
 * parity of those files against PyTorch (clamped outputs): ``parity`` = list of {format, kind (random at the
@@ -78,7 +79,7 @@ SCHEMA = pa.schema([
     ("int8_psnr_db", pa.float64()), ("int8_quality_drop_db", pa.float64()),
     ("artifacts", pa.map_(pa.string(), pa.string())), ("sha256", pa.map_(pa.string(), pa.string())),
     ("artifact_bytes", pa.map_(pa.string(), pa.int64())), ("deploy_size", pa.string()), ("gate_size", pa.string()),
-    ("weights_sha256", pa.string()),
+    ("weights_sha256", pa.string()), ("same_weights_as", pa.list_(pa.string())),
     ("n_seeds", pa.int64()), ("seed_mean", pa.map_(pa.string(), pa.float64())),
     ("seed_sd", pa.map_(pa.string(), pa.float64())),
     ("sample_crop", pa.string()), ("target_crop", pa.string()), ("git_sha", pa.string()), ("code_sha256", pa.string()),
@@ -153,14 +154,32 @@ def append_rows(rows: list[dict], path: str | os.PathLike | None = None) -> Path
     p = Path(path) if path else default_path()
     new = pa.Table.from_pylist([normalise_row(r) for r in rows], schema=SCHEMA)
     with exclusive_lock(p.with_name(p.name + ".lock")):
-        table = pa.concat_tables([read(p), new]) if p.exists() else new
-        tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            pq.write_table(table, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
+        _write(pa.concat_tables([read(p), new]) if p.exists() else new, p)
     return p
+
+
+def add_same_weights(model_id: str, other_id: str, path: str | os.PathLike | None = None) -> bool:
+    """Record on ``model_id``'s row that ``other_id`` exported the same weights (once); False if no such row."""
+    p = Path(path) if path else default_path()
+    with exclusive_lock(p.with_name(p.name + ".lock")):
+        rows = read(p).to_pylist() if p.exists() else []
+        row = next((r for r in rows if r["model_id"] == model_id), None)
+        if row is None:
+            return False
+        if other_id != model_id and other_id not in (row["same_weights_as"] or []):
+            row["same_weights_as"] = [*(row["same_weights_as"] or []), other_id]
+            _write(pa.Table.from_pylist(rows, schema=SCHEMA), p)
+    return True
+
+
+def _write(table: pa.Table, p: Path) -> None:
+    """Replace ``p`` by ``table`` (temp file, fsync, rename); the caller holds the lock."""
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        pq.write_table(table, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, p)
 
 
 def pareto_front(rows: list[dict] | pa.Table, objectives: dict[str, str]) -> list[bool]:

@@ -195,6 +195,7 @@ def publish(source: LoadedGenerator | str | os.PathLike, out_dir: str | os.PathL
     size, gate_size = tuple(settings.deploy_size), settings.gate_size
     digest = weights_digest(loaded.model)
     if (same := on_leaderboard(digest, size, leaderboard_path)) is not None:  # nothing exported or timed again
+        LB.add_same_weights(same, model_id, leaderboard_path)  # that row names this model too
         return Published(same, None, None, duplicate_of=same)
     formats = list(dict.fromkeys([*settings.formats, "tflite"] + (["tflite_fp16"] if targets else [])))  # timed
     parity: list[dict] = []

@@ -119,7 +119,7 @@ def confirm_stage(ctx: StudyContext) -> dict[int, Confirmed]:
 def _run(cfg: TrainConfig, run_dir: str, marker: str | None) -> dict[str, Any]:
     """One seed's run (reused when complete, resumed when cut off); a run that did not complete is a result."""
     try:
-        return run_once(cfg, run_dir, hold_point(marker))
+        return run_once(cfg, run_dir, hold_point(marker), label=f"confirm {Path(run_dir).name}")
     except UserError as e:
         return {"status": "failed", "reason": str(e)}
 

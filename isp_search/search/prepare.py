@@ -188,7 +188,7 @@ def prepare_stage(ctx: StudyContext) -> list[StoreJob]:
         return jobs
     prepare(jobs, use_ray=True, hold=hold_point(hold_marker(ctx.exp.uri, "prepare")))
     pack(configs)
-    caches = []  # MUTATION build_real_caches(ctx.space, ctx.cfg)
+    caches = build_real_caches(ctx.space, ctx.cfg)  # after the stores: its tasks read the references
     write_json(f"{ctx.exp.uri}/{RECORD}", {"stores": [j.row() for j in jobs], "real_caches": caches,
                                            "finished": time.time()})
     return jobs

@@ -71,7 +71,7 @@ def run_once(cfg: Any, run_dir: str | os.PathLike, hold: Callable[[], None] | No
     summary = train(cfg, run_dir, report=report if hold else None, resume=run_dir if resumed else None,
                     progress_label=label)
     if summary["status"] != "completed":
-        raise UserError(f"pretrain run {run_dir} ended {summary['status']}: {summary.get('reason')}")
+        raise UserError(f"{label} run {run_dir} ended {summary['status']}: {summary.get('reason')}")
     return {**summary, "reused": False, "resumed": resumed}
 
 

@@ -10,6 +10,7 @@ news only: one header line, one row per trial (short parameter names, the object
 from __future__ import annotations
 
 import math
+import pickle
 import re
 import time
 from pathlib import Path
@@ -130,8 +131,8 @@ def _error(trial: Any) -> BaseException | None:
     try:
         with open(path, "rb") as f:
             return cloudpickle.load(f)
-    except Exception:  # an exception that does not unpickle here: the line still says the trial failed
-        return None
+    except (OSError, EOFError, ImportError, AttributeError, TypeError, ValueError, pickle.UnpicklingError):
+        return None  # an exception that does not unpickle here: the line still says the trial failed
 
 
 def short_names(keys: list[str]) -> dict[str, str]:

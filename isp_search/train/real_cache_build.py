@@ -65,9 +65,9 @@ def fill_real_cache(cfg: Any, root: str | os.PathLike | None = None, label: str 
     the run would not use the cache. A progress line every 10 s (``stream``, default stdout)."""
     device = pick_device(cfg.train.device)
     ds = make_datasets(cfg)["train"]
-    nets = FrozenNets(cfg.active_terms, cfg.backbone_weights, cfg.features.vit_img_size, cfg.features.input).to(device)
     if cfg.features.cache_real is False or (why := varying_real_images(cfg, ds)):
         return {"off": "features.cache_real is false" if cfg.features.cache_real is False else why}
+    nets = FrozenNets(cfg.active_terms, cfg.backbone_weights, cfg.features.vit_img_size, cfg.features.input).to(device)
     dtype = compute_dtype(cfg, device)
     cache = open_real_cache(cfg, ds, nets, device, dtype, root)
     assert cache is not None
