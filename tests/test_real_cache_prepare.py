@@ -49,6 +49,7 @@ def test_plan_has_one_cache_per_key_changing_choice(synth_root, tmp_path):
     assert sorted(c.features.input for c in configs) == ["normalized", "reference"]  # g_lr: no cache of its own
 
 
+@pytest.mark.slow  # two cache fills and three preflights: ~40 s on 2 shared cores
 def test_preflight_refuses_in_one_line_when_the_cache_folder_is_too_small(synth_root, tmp_path, monkeypatch):
     monkeypatch.setenv("ISP_SEARCH_REAL_CACHE", str(tmp_path / "real"))
     space = load_space(write_space(tmp_path, synth_root))

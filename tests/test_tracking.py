@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from raycluster import BIN, ENV, running_head
+from raycluster import BIN, ENV, running_head, tracebacks
 
 from isp_search.configio import ConfigError, parse_yaml
 from isp_search.errors import UserError
@@ -49,11 +49,11 @@ def test_tracking_section_parses_and_defaults_to_off():
 
 @pytest.mark.parametrize("section, expected", [
     ("tracking:\n  mlflow: {trackin_uri: x}\n",
-     r"^space\.yaml:7: unknown key tracking\.mlflow\.trackin_uri \(did you mean 'tracking_uri'\?\); valid: "
-     r"tracking_uri, experiment$"),
+     (r"^space\.yaml:7: unknown key tracking\.mlflow\.trackin_uri \(did you mean 'tracking_uri'\?\); valid: "
+      r"tracking_uri, experiment$")),
     ("tracking:\n  wandb: {project: p, mode: ofline}\n",
-     r"^space\.yaml:7: tracking\.wandb\.mode: expected one of \['online', 'offline'\], got 'ofline' "
-     r"\(did you mean 'offline'\?\)$"),
+     (r"^space\.yaml:7: tracking\.wandb\.mode: expected one of \['online', 'offline'\], got 'ofline' "
+      r"\(did you mean 'offline'\?\)$")),
     ("tracking:\n  neptune: {project: p}\n", r"^space\.yaml:7: unknown key tracking\.neptune; valid: mlflow, wandb$"),
     ("tracking:\n  mlflow: {experiment: e}\n", r"^space\.yaml:7: tracking\.mlflow: expected a tracking_uri "),
     ("tracking:\n  wandb: {mode: offline}\n", r"^space\.yaml:7: tracking\.wandb: expected a project "),
@@ -209,4 +209,9 @@ tracking:
         assert w["config"][LR] == pytest.approx(t.params[LR], rel=1e-9), w["config"]
         assert w["config"]["trial_id"] == trial_id
         assert [w["last"]["lpips"], w["last"]["psnr"]] == pytest.approx(t.values, rel=1e-6), (w["last"], t.values)
-    assert "Traceback" not in out, out[-4000:]
+    # Known, left as is: when the job ends, the last trial's logging actor is torn down with its wandb-core service
+    # already gone, and wandb's atexit hook prints "Exception ignored ... ConnectionResetError" (timing-dependent;
+    # the run's files are complete by then). Any other traceback fails the test.
+    unexpected = [b for b in tracebacks(out) if not ("in teardown_atexit" in b and b.rstrip().splitlines()[-1]
+                                                      .startswith(("ConnectionResetError", "BrokenPipeError")))]
+    assert not unexpected, "\n\n".join(unexpected)[-4000:]

@@ -105,7 +105,4 @@ def find_experiment(space: SearchSpace, name: str | None) -> Experiment:
             raise UserError(f"--resume: no experiment of {space.name!r} under {root}; start one without --resume")
         name = found[-1].name
     meta = read_meta(f"{root.rstrip('/')}/{name}")
-    optuna_storage = meta["optuna_storage"]  # MUTATION (tests/test_backends.py): resume reads another store
-    if optuna_storage.startswith("postgresql://"):
-        optuna_storage = str(Path(root) / name / "optuna.journal")
-    return Experiment(name, root, meta["study_name"], optuna_storage)
+    return Experiment(name, root, meta["study_name"], meta["optuna_storage"])

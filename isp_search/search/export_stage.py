@@ -74,6 +74,8 @@ def publish_baseline(b: Baseline, result: Any, ctx: StudyContext) -> None:
     provenance = Provenance(kind="baseline", model_id=b.model_id, search_id=exp.name, trial_id=b.trial_id or None,
                             mode=ctx.cfg.mode, run_dir=b.source if b.name == "start" else
                             (str(result.path) if result else None), config=config)
+    if b.name == "start" and not (b.val or b.test):
+        return  # not measured (its note says why): nothing to stand beside the searched models
     if b.name == "start":
         metrics = {**b.test, "split": "test"} if b.test else {**b.val, "split": "val"}
         res = publish(b.source, Path(ctx.space.export.results) / exp.name / "exports" / "baseline_start",
@@ -194,9 +196,8 @@ def _guarded(fn: Any, entry: ParetoEntry | Baseline, result: Any, ctx: StudyCont
     """One model failing to export must not lose the others' rows: its failure becomes its note."""
     try:
         fn(entry, result, ctx)
-    except Exception as e:
-        log.exception("export of %s failed", entry.model_id or getattr(entry, "trial_id", ""))
-        entry.note = _join(entry.note, f"export failed: {type(e).__name__}: {e}")
+    except Exception as e:  # one line in the closing table (STYLE rule 11); the rest of the export goes on
+        entry.note = _join(entry.note, f"export failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
 
 
 def export_stage(ctx: StudyContext, results: Any, confirmed: dict[int, Confirmed] | None = None) -> PostSummary:

@@ -274,10 +274,15 @@ def problems(space: SearchSpace, cfg: Any) -> list[str]:
 def storage_problems(space: SearchSpace) -> list[tuple[str, str]]:
     """A storage path (``storage.path`` / ``--storage``) the driver cannot create and write a file in."""
     uri = space.storage.path
-    probe = f"{uri.rstrip('/')}/.isp-search-write-check-{os.getpid()}"
+    where = uri.rstrip("/")
+    if "://" not in uri:  # nothing is created here: a probe file in the deepest folder that exists already
+        p = Path(where)
+        while not p.exists() and p != p.parent:
+            p = p.parent
+        where = str(p)
+    probe = f"{where}/.isp-search-write-check-{os.getpid()}"
     try:
         fs, path = filesystem(probe)
-        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         with fs.open_output_stream(path) as f:
             f.write(b"ok")
         fs.delete_file(path)

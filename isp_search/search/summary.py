@@ -13,6 +13,8 @@ from isp_search.search.pareto import PostSummary
 from isp_search.search.reconcile import FAIL_ATTR, RAY_TRIAL_ATTR, final_trials
 from isp_search.search.space import SearchSpace
 
+WIDTH = 120  # the console's columns: tables are cut there, a job log reads like a terminal
+
 
 def format_summary(summary: PostSummary, space: SearchSpace, exp: Experiment) -> str:
     """The Pareto table and where everything is, for the terminal."""
@@ -26,27 +28,34 @@ def format_summary(summary: PostSummary, space: SearchSpace, exp: Experiment) ->
     for e in summary.pareto:
         rows.append([str(e.number), e.trial_id] + [f"{e.values[m]:.4g}" for m in space.metric_names]
                     + [f"{e.latency_ms:.3g} ({e.latency_target})" if e.latency_ms is not None else "–",
-                       ("added" + (f" ({e.note})" if e.note else "")) if e.exported else (e.note or "–"),
-                       ", ".join(f"{k}={_short(v)}" for k, v in e.params.items())])
+                       "added" if e.exported else "not added",
+                       ", ".join(f"{k.rsplit('.', 1)[-1]}={_short(v)}" for k, v in e.params.items())])
     widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
     n_exported = sum(e.exported for e in summary.pareto)
     lines.append(f"Pareto-optimal trials ({len(summary.pareto)}; {n_exported} exported of top_k="
                  f"{space.export.top_k}, spread along the front):")
-    lines.append("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows] or ["(no COMPLETE trial)"]
+    lines.append(_fit("  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip()))
+    lines += [_fit("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip()) for r in rows] or ["(no COMPLETE trial)"]
+    lines += [f"  #{e.number} {e.trial_id}: {e.note}" for e in summary.pareto if e.note]
     lines += baseline_lines(summary, space)
     lines += confirmation_lines(summary, space)
     for t in final_trials(summary.study, (TrialState.FAIL,)):
         lines.append(f"failed trial #{t.number} {t.user_attrs.get(RAY_TRIAL_ATTR, '')}: "
                      f"{t.user_attrs.get(FAIL_ATTR, '?')}")
     lines.append(f"experiment: {exp.uri}")
-    lines.append(f"optuna study: {exp.optuna_storage}; open it with: optuna-dashboard {exp.optuna_storage}")
+    lines.append(f"optuna study: {exp.optuna_storage}")
+    lines.append(f"  open it with: optuna-dashboard {exp.optuna_storage}")
     if summary.plots:
         lines.append(f"plots: {summary.plots[0].parent}")
     if summary.leaderboard:
         lines.append(f"leaderboard: {summary.leaderboard}")
         lines.append(f"report: {summary.report}")
     return "\n".join(lines)
+
+
+def _fit(line: str, width: int = WIDTH) -> str:
+    """A table line cut to ``width`` columns (the params column is last: what is cut is named in the row)."""
+    return line if len(line) <= width else line[: width - 1] + "…"
 
 
 def _short(v: Any) -> str:
@@ -66,10 +75,11 @@ def baseline_lines(summary: PostSummary, space: SearchSpace) -> list[str]:
         src = b.source.rstrip("/").rsplit("/", 1)[-1] if b.name == "start" else b.source
         rows.append([b.name, src] + [_num(getattr(b, split).get(m)) for split in ("val", "test") for m in names]
                     + [f"{b.latency_ms:.3g} ({b.latency_target})" if b.latency_ms is not None else "–",
-                       ("added" if b.exported and not b.duplicate_of else b.model_id if b.duplicate_of else "–")
-                       + (f" ({b.note})" if b.note else "")])
+                       "added" if b.exported and not b.duplicate_of else
+                       f"= {b.duplicate_of.rsplit('/', 1)[-1]}" if b.duplicate_of else "not added"])
     out = ["baselines (measured on the trials' val and test subsets with their metric networks):"]
     out += _table(cols, rows)
+    out += [f"  {b.name}: {b.note}" for b in summary.baselines if b.note]
     if summary.pareto:
         out.append("Pareto trials against the baselines (trial minus baseline):")
         cols = ["#", "trial", "vs"] + [f"{split} {m}" for split in ("val", "test") for m in names]

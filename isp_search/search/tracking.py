@@ -26,12 +26,24 @@ STUDY_TAG = "optuna.study"  # and the Optuna study it belongs to
 
 def tracking_callbacks(space: SearchSpace, exp: Experiment) -> list[Callback]:
     """The Ray Tune logger callbacks ``space.tracking`` asks for (none when the section is absent)."""
+    set_tracking_environment(space)
     out: list[Callback] = []
     if space.tracking.mlflow.enabled:
         out.append(mlflow_callback(space.tracking.mlflow, exp))
     if space.tracking.wandb.enabled:
         out.append(wandb_callback(space.tracking.wandb, space, exp))
     return out
+
+
+def set_tracking_environment(space: SearchSpace) -> None:
+    """What the loggers read from the driver's environment. Also needed by a resumed search, whose Tuner brings back
+    its pickled callbacks (Ray's ``Tuner.restore`` takes no new ones)."""
+    m, w = space.tracking.mlflow, space.tracking.wandb
+    if m.enabled and (str(m.tracking_uri).startswith("file:") or ":" not in str(m.tracking_uri)):  # a file store
+        # MLflow 3 refuses its file store unless asked; a space naming one asks for it (no server to run)
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    if w.enabled and w.mode == "offline":
+        os.environ["WANDB_MODE"] = "offline"  # Ray's callback asks for an API key unless the environment says this
 
 
 def mlflow_tracking_uri(uri: str) -> str:
@@ -42,9 +54,6 @@ def mlflow_tracking_uri(uri: str) -> str:
 def mlflow_callback(cfg: MlflowCfg, exp: Experiment) -> Callback:
     """Ray's ``MLflowLoggerCallback``: one run per trial in ``cfg.experiment`` (default: the experiment name)."""
     uri = mlflow_tracking_uri(str(cfg.tracking_uri))
-    if uri.startswith("file:") or ":" not in uri:
-        # MLflow 3 refuses its file store unless asked; a space naming one asks for it (no server to run)
-        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     # deferred: the integration imports mlflow (seconds); most studies do not track
     from ray.air.integrations.mlflow import MLflowLoggerCallback
 
@@ -64,8 +73,6 @@ def wandb_dir(cfg: WandbCfg, space: SearchSpace, exp: Experiment) -> str | None:
 def wandb_callback(cfg: WandbCfg, space: SearchSpace, exp: Experiment) -> Callback:
     """Ray's ``WandbLoggerCallback``: one run per trial (id: the trial id) in ``cfg.group`` (default: the
     experiment name); its API key is looked up now, so a missing one is a one-line error before any trial."""
-    if cfg.mode == "offline":
-        os.environ["WANDB_MODE"] = "offline"  # Ray's callback asks for an API key unless the environment says this
     # deferred: the integration imports wandb (seconds); most studies do not track
     from ray.air.integrations.wandb import WandbLoggerCallback
 

@@ -18,7 +18,7 @@ from isp_search.search.keep_default import DefaultKeepingASHA, DefaultKeepingMOA
 from isp_search.search.placement import node_selector
 from isp_search.search.reporter import TrialTable
 from isp_search.search.searcher import make_searcher
-from isp_search.search.tracking import tracking_callbacks
+from isp_search.search.tracking import set_tracking_environment, tracking_callbacks
 from isp_search.search.trainable import run_trial
 
 
@@ -27,6 +27,7 @@ def fit(ctx: StudyContext, recorded: dict[str, dict] | None = None) -> tune.Resu
     experiment's saved Tuner instead of starting a new one."""
     trainable = _trainable(ctx, recorded)
     if recorded is not None:
+        set_tracking_environment(ctx.space)  # the restored Tuner brings back its own logger callbacks
         return tune.Tuner.restore(ctx.exp.uri, trainable=trainable, resume_errored=True).fit()
     # a fresh search, or one cut off before its first trial (during prepare or pretrain)
     space = ctx.space
