@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from isp_search.cli import main
+from isp_search.search.pretrain import config_key, run_once
 from isp_search.train import apply_overrides, load_train_config, train
 
 torch.set_num_threads(1)
@@ -209,9 +210,18 @@ def test_synth_walkthrough_unpaired_starts_from_pretrain(synth_root, tmp_path):
     assert (tmp_path / "un" / "samples" / "step_000006.png").is_file()
 
 
-def test_demo_pretrain_reused_resumed_or_trained_by_config(synth_root, tmp_path):
-    from isp_search.commands.demo import pretrain
+def _pretrain(root: Path, steps: int, over: dict) -> Path:
+    """The pretrain stage's run of configs/synth_pretrain.yaml (what `make demo`'s space trains): its folder is
+    named by the resolved config, so the same config finds the same run."""
+    cfg = apply_overrides(load_train_config(Path(__file__).resolve().parents[1] / "configs" / "synth_pretrain.yaml"),
+                          {"train.steps": steps, "train.eval_interval": steps, "train.log_interval": 1, **over})
+    run_dir = root / f"{cfg.name}-{config_key(cfg)}"
+    run_once(cfg, run_dir)
+    return run_dir
 
+
+def test_pretrain_run_reused_resumed_or_trained_by_config(synth_root, tmp_path):
+    pretrain = _pretrain
     over = {"data.root": str(synth_root), "data.synthetic": False, "data.eval_limit": 2, "train.batch_size": 2,
             "train.progress": False}
     first = Path(pretrain(tmp_path, 2, over))

@@ -120,8 +120,7 @@ def _record(entry: ParetoEntry | Baseline, res: Any) -> None:
     entry.exported = res.row is not None
     if res.duplicate_of:
         entry.duplicate_of = res.duplicate_of
-        entry.note = _join(entry.note, f"same weights as {res.duplicate_of}, already on the leaderboard "
-                                       "(not added again)")
+        entry.note = _join(entry.note, f"same weights as {res.duplicate_of} (its row names this one too)")
         return
     if res.row is None:
         entry.note = _join(entry.note, f"export refused: {res.export.reason}")

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs
 import ray
 
 from isp_search import weights
@@ -274,15 +275,14 @@ def problems(space: SearchSpace, cfg: Any) -> list[str]:
 def storage_problems(space: SearchSpace) -> list[tuple[str, str]]:
     """A storage path (``storage.path`` / ``--storage``) the driver cannot create and write a file in."""
     uri = space.storage.path
-    where = uri.rstrip("/")
-    if "://" not in uri:  # nothing is created here: a probe file in the deepest folder that exists already
-        p = Path(where)
-        while not p.exists() and p != p.parent:
-            p = p.parent
-        where = str(p)
-    probe = f"{where}/.isp-search-write-check-{os.getpid()}"
     try:
-        fs, path = filesystem(probe)
+        fs, path = filesystem(uri)
+        if isinstance(fs, pyarrow.fs.LocalFileSystem):  # nothing is created: a probe in the deepest existing folder
+            p = Path(path)
+            while not p.exists() and p != p.parent:
+                p = p.parent
+            path = str(p)
+        path = f"{path.rstrip('/')}/.isp-search-write-check-{os.getpid()}"
         with fs.open_output_stream(path) as f:
             f.write(b"ok")
         fs.delete_file(path)
