@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "trials from it with the paper's schedule as the default point, the start and the default measured as "
         "baselines, the best exported and timed, and the leaderboard (RESULTS/leaderboard.parquet) with its HTML "
         "report (RESULTS/leaderboard.html). It ends with the baselines, each Pareto trial's difference to them "
-        "and whether the search beat them. About 8 minutes on 2 CPU cores.")
+        "and whether the search beat them. About 6 minutes on 2 idle CPU cores.")
     p.add_argument("--results", default="results", help="results folder (default: results)")
     p.add_argument("--space", default=str(DEMO_SPACE), help="search space (default: search_spaces/demo.yaml)")
     p.add_argument("--seed", type=int, default=None, help="search.seed (default: the space's)")
