@@ -7,6 +7,7 @@ import os
 import textwrap
 
 import pytest
+from clirun import run_cli
 
 from isp_search.export.bench import parse_benchmark_model
 
@@ -68,25 +69,11 @@ def test_benchmark_model_parser_reports_partial_and_declined_delegation():
     assert parse_benchmark_model(declined)["fully_delegated"] is False
 
 
-def _run_cli(capsys, *args) -> tuple[int, str, str]:
-    """``isp-search ARGS`` in this process (no interpreter start-up, about 8 s on 2 cores): exit code, stdout, stderr;
-    an argparse refusal (SystemExit) gives its code like the program would."""
-    from isp_search.cli import main
-
-    capsys.readouterr()
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_adb_target_without_device_is_one_line_error(tmp_path, monkeypatch, capsys):
     binary = tmp_path / "benchmark_model"
     binary.write_bytes(b"\x7fELF")
     monkeypatch.setenv("PATH", str(tmp_path))  # no adb on this PATH
-    code, _, err = _run_cli(capsys, "bench", binary, "--target", "adb", "--benchmark-binary", binary)
+    code, _, err = run_cli(capsys, "bench", binary, "--target", "adb", "--benchmark-binary", binary)
     assert code == 2
     assert err.strip().count("\n") == 0 and "adb" in err and "Traceback" not in err
 

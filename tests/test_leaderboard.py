@@ -13,6 +13,7 @@ import textwrap
 import numpy as np
 import pandas as pd
 import pytest
+from clirun import run_cli
 
 from isp_search.export import leaderboard as LB
 
@@ -24,20 +25,6 @@ def _row(i: int, **kw) -> dict:
                 latency_ms=10.0 + i, latency_target="cpu", artifacts={"tflite": f"/x/{i}.tflite"},
                 sha256={"tflite": "0" * 64})
     return base | kw
-
-
-def _run_cli(capsys, *args) -> tuple[int, str, str]:
-    """``isp-search ARGS`` in this process (no interpreter start-up, about 8 s on 2 cores): exit code, stdout, stderr;
-    an argparse refusal (SystemExit) gives its code like the program would."""
-    from isp_search.cli import main
-
-    capsys.readouterr()
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_append_read_round_trip(tmp_path):
@@ -148,15 +135,15 @@ def test_parity_is_typed_and_an_older_table_is_read_into_the_schema(tmp_path):
 def test_leaderboard_cli_formats(tmp_path, capsys):
     p = tmp_path / "lb.parquet"
     LB.append_rows([_row(0), _row(1)], p)
-    code, out, err = _run_cli(capsys, "leaderboard", "--path", p, "--format", "json", "--sort", "psnr", "--top", "1")
+    code, out, err = run_cli(capsys, "leaderboard", "--path", p, "--format", "json", "--sort", "psnr", "--top", "1")
     assert code == 0, err
     import json
 
     rows = json.loads(out)
     assert [x["model_id"] for x in rows] == ["m1"] and rows[0]["pareto"] is True
-    code, _, err = _run_cli(capsys, "leaderboard", "--path", p, "--sort", "nope")
+    code, _, err = run_cli(capsys, "leaderboard", "--path", p, "--sort", "nope")
     assert code == 2 and "--sort 'nope'" in err
-    code, _, err = _run_cli(capsys, "leaderboard", "add", "--weights", "w.pt", "--format", "mai2022")
+    code, _, err = run_cli(capsys, "leaderboard", "add", "--weights", "w.pt", "--format", "mai2022")
     assert code == 2 and "unrecognized arguments: --format" in err  # no --format alias of --data-format
 
 
@@ -173,7 +160,7 @@ def test_html_report_renders_in_chromium(tmp_path, capsys):
     p = tmp_path / "lb.parquet"
     LB.append_rows(rows, p)
     html = tmp_path / "report.html"
-    code, _, err = _run_cli(capsys, "leaderboard", "--path", p, "--format", "html", "--out", html)
+    code, _, err = run_cli(capsys, "leaderboard", "--path", p, "--format", "html", "--out", html)
     assert code == 0, err
     text = html.read_text()
     assert text.count("<tr class=") == 4 and "data:image/png;base64," in text and "m3" in text

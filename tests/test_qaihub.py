@@ -4,22 +4,9 @@ and a downloaded profile turned into a leaderboard latency entry."""
 from __future__ import annotations
 
 import pytest
+from clirun import run_cli
 
 from isp_search.export import leaderboard as LB
-
-
-def _run_cli(capsys, *args) -> tuple[int, str, str]:
-    """``isp-search ARGS`` in this process (no interpreter start-up, about 8 s on 2 cores): exit code, stdout, stderr;
-    an argparse refusal (SystemExit) gives its code like the program would."""
-    from isp_search.cli import main
-
-    capsys.readouterr()
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_qai_hub_target_arguments_and_missing_client_or_token(tmp_path, monkeypatch, capsys):
@@ -34,7 +21,7 @@ def test_qai_hub_target_arguments_and_missing_client_or_token(tmp_path, monkeypa
     with monkeypatch.context() as m:
         m.setenv("QAIHUB_CLIENT_INI", str(tmp_path / "none.ini"))
         m.setenv("HOME", str(tmp_path))
-        code, _, err = _run_cli(capsys, "bench", model, "--target", "qai-hub:Samsung Galaxy S24")
+        code, _, err = run_cli(capsys, "bench", model, "--target", "qai-hub:Samsung Galaxy S24")
     assert code == 2 and err.strip().count("\n") == 0 and "Traceback" not in err
     try:
         import qai_hub  # noqa: F401  (optional extra)
@@ -42,7 +29,7 @@ def test_qai_hub_target_arguments_and_missing_client_or_token(tmp_path, monkeypa
         assert "qai-hub client is not installed" in err and "pip install" in err
     else:
         assert "no API token configured" in err and "qai-hub configure --api_token" in err
-    code, _, err = _run_cli(capsys, "bench", model, "--target", "phone")
+    code, _, err = run_cli(capsys, "bench", model, "--target", "phone")
     assert code == 2 and "qai-hub:DEVICE" in err
 
 
