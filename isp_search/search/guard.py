@@ -22,7 +22,7 @@ from ray import tune
 from ray.tune import Callback
 
 from isp_search.errors import UserError
-from isp_search.search.trainable import objective_names, with_required
+from isp_search.search.required import objective_names, with_required
 
 # Retrying these cannot help: the same config and files fail the same way.
 DETERMINISTIC: tuple[type[BaseException], ...] = (UserError, FileNotFoundError, NotADirectoryError,

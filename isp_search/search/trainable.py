@@ -24,6 +24,7 @@ from ray import tune
 
 from isp_search.export.bench import bench_tflite
 from isp_search.export.pipeline import export_model
+from isp_search.search.required import objective_names, with_required
 from isp_search.search.sampling import to_overrides
 from isp_search.search.space import LATENCY_METRIC, SearchSpace
 from isp_search.train.config import TrainConfig, apply_overrides
@@ -135,19 +136,6 @@ def run_trial(config: dict[str, Any], *, space: SearchSpace, base_cfg: TrainConf
         upload_run(run_dir, upload)
         final["run_uri"] = upload
     tune.report(with_required(final, objective_names(space)))
-
-
-def objective_names(space: SearchSpace) -> list[str]:
-    """The metrics every result must name: the searcher's objectives and the scheduler's scalar."""
-    return [*space.metric_names, space.scheduler.metric]
-
-
-def with_required(result: dict[str, Any], names: list[str]) -> dict[str, Any]:
-    """Ray checks that every result names the searcher's and scheduler's metrics: absent ones become NaN
-    (latency before the closing report, everything of a diverged trial). NaN never reaches Optuna as a value."""
-    for m in names:
-        result.setdefault(m, math.nan)
-    return result
 
 
 def final_report(summary: dict[str, Any], tracker: BestSoFar, space: SearchSpace, run_dir: Path) -> dict[str, Any]:
