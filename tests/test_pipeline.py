@@ -237,10 +237,10 @@ def test_reference_cache_found_from_a_copy_at_another_path(tmp_path):
     shutil.copytree(a, b)
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text(f"mode: pretrain\nbackbone_weights: random\ndata: {{root: {a}, format: mai2022}}\n")
-    (cfg,), _ = configs_of(str(cfg_file))
+    (cfg,), _, _ = configs_of(str(cfg_file))
     first = P.prepare(P.plan([cfg]), workers=2, cache_dir=tmp_path / "cache", quiet=True)
     cfg_file.write_text(cfg_file.read_text().replace(str(a), str(b)))
-    (cfg_b,), _ = configs_of(str(cfg_file))
+    (cfg_b,), _, _ = configs_of(str(cfg_file))
     again = P.prepare(P.plan([cfg_b]), workers=2, cache_dir=tmp_path / "cache", quiet=True)
     assert [j.split for j in first] == ["train", "val", "test"] and all(j.built for j in first)
     assert [j.key for j in again] == [j.key for j in first] and not any(j.built for j in again)

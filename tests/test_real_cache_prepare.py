@@ -10,11 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from clirun import run_cli
 from raycluster import ENV, running_head
 
 from isp_search.search.context import base_train_config
 from isp_search.search.preflight import PreflightError, check, problems
-from isp_search.search.prepare_real import FREE_BYTES_ENV, build, estimate, plan
+from isp_search.search.prepare_real import FREE_BYTES_ENV, estimate, plan
 from isp_search.search.space_file import load_space
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +51,7 @@ def test_plan_has_one_cache_per_key_changing_choice(synth_root, tmp_path):
 
 
 @pytest.mark.slow  # two cache fills and three preflights: ~40 s on 2 shared cores
-def test_preflight_refuses_in_one_line_when_the_cache_folder_is_too_small(synth_root, tmp_path, monkeypatch):
+def test_preflight_refuses_in_one_line_when_the_cache_folder_is_too_small(synth_root, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ISP_SEARCH_REAL_CACHE", str(tmp_path / "real"))
     space = load_space(write_space(tmp_path, synth_root))
     cfg = base_train_config(space)
@@ -65,9 +66,17 @@ def test_preflight_refuses_in_one_line_when_the_cache_folder_is_too_small(synth_
     monkeypatch.setenv(FREE_BYTES_ENV, str(need))
     assert not [line for line in problems(space, cfg) if "real-feature" in line]
 
-    rows = build(space, cfg, use_ray=False)  # the estimate is the size the caches take, byte for byte
-    assert sum(r["bytes"] for r in rows) == need and all(r["built"] for r in rows)
+    # `isp-search prepare SPACE` alone fills them where the trials look ($ISP_SEARCH_REAL_CACHE), and their size
+    # is the estimate, byte for byte
+    monkeypatch.setenv("ISP_SEARCH_CACHE", str(tmp_path / "refs"))
+    code, out, _ = run_cli(capsys, "prepare", str(tmp_path / "space.yaml"), "--workers", "1", "--json")
+    rows = json.loads(out)["real_caches"]
+    assert code == 0 and sum(r["bytes"] for r in rows) == need and all(r["built"] for r in rows), rows
+    assert {Path(r["folder"]).parent for r in rows} == {tmp_path / "real"}
     assert estimate(space, cfg) == (0, 2)  # built: found by their key.json, nothing more needed
+    code, out, _ = run_cli(capsys, "prepare", str(tmp_path / "space.yaml"), "--workers", "1")
+    assert code == 0 and len([ln for ln in out.splitlines() if ln.startswith("prepare: real-feature cache ")
+                              and ln.endswith("already there")]) == 2, out
     monkeypatch.setenv(FREE_BYTES_ENV, "0")
     assert not [line for line in problems(space, cfg) if "real-feature" in line]
 
@@ -131,3 +140,4 @@ def test_prepare_stage_fills_the_real_feature_caches_once_then_finds_them(head, 
     assert len(again) == 2 and all(line.endswith("already there") for line in again), out2[-3000:]
     assert sorted(line.split()[3] for line in again) == sorted(line.split()[3] for line in built)
     assert not any(r["built"] for r in json.loads((exp2 / "prepare.json").read_text())["real_caches"])
+

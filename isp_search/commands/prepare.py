@@ -1,14 +1,19 @@
-"""``isp-search prepare SPACE.yaml | CONFIG.yaml``: build every reference cache a search (or a run) will read."""
+"""``isp-search prepare SPACE.yaml | CONFIG.yaml``: build every reference cache a search (or a run) will read, then
+every real-feature cache (the frozen networks' features of the real images, ``features.cache_real``) its trials
+or the run can read, as the study's prepare stage does."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import shutil
 import tempfile
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import ray
 
@@ -17,9 +22,14 @@ from isp_search.errors import UserError
 from isp_search.search import prepare as P
 from isp_search.search.context import base_train_config
 from isp_search.search.prepare import space_demosaicers
+from isp_search.search.prepare_real import build as build_real_caches
 from isp_search.search.pretrain import pretrain_config
+from isp_search.search.space import SearchSpace
 from isp_search.search.space_file import load_space
-from isp_search.train.config import load_train_config
+from isp_search.train.config import TrainConfig, load_train_config
+from isp_search.train.real_cache_build import fill_real_cache
+
+REAL_ENV = "ISP_SEARCH_REAL_CACHE"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,25 +49,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--pack", action="store_true",
                    help="also pack every split's decoded images into memory-mapped arrays (as data.packed: true "
                    "does; training then reads them with data.packed: auto)")
+    p.add_argument("--no-real-cache", action="store_true",
+                   help="only the reference stores: skip the real-feature caches (features.cache_real)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 
 
-def configs_of(spec: str) -> tuple[list, list[str]]:
-    """(training configs, searched demosaicers) of a search space or a training config file."""
+def configs_of(spec: str) -> tuple[list, list[str], SearchSpace | None]:
+    """(training configs, searched demosaicers, the space or None) of a search space or a training config file;
+    the last config is the one the trials (or the run) train with."""
     data, _ = load_yaml(spec)
     if isinstance(data, dict) and "space" in data and "base" in data:
         space = load_space(spec)
         configs = [base_train_config(space)]
         pre = pretrain_config(space)
-        return ([pre] if pre is not None else []) + configs, space_demosaicers(space)
-    return [load_train_config(spec)], []
+        return ([pre] if pre is not None else []) + configs, space_demosaicers(space), space
+    return [load_train_config(spec)], [], None
 
 
 def run(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers <= 0:
         raise UserError(f"--workers {args.workers}: expected an int > 0")
-    configs, demosaicers = configs_of(args.spec)
+    configs, demosaicers, space = configs_of(args.spec)
     if args.pack:  # pack() packs the configs that ask for it
         configs = [replace(c, data=replace(c.data, packed=True)) for c in configs]
     jobs = P.plan(configs, demosaicers)
@@ -69,13 +82,34 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.time()
     P.prepare(jobs, use_ray=use_ray, workers=args.workers, cache_dir=args.cache, quiet=args.json)
     P.pack(configs)
-    if args.json:
-        print(json.dumps({"stores": [j.row() for j in jobs], "seconds": round(time.time() - t0, 3)}, indent=1))
-    else:
+    if not args.json:
         for j in jobs:
             print(f"{j.split:5s} {j.demosaicer:16s} {len(j.paths):6d} images  {j.key}  "
                   + (f"built in {j.seconds:.1f} s" if j.built else "cached"))
+    real = [] if args.no_real_cache else real_caches(configs[-1], space, use_ray, args.cache, quiet=args.json)
+    if args.json:
+        print(json.dumps({"stores": [j.row() for j in jobs], "real_caches": real,
+                          "seconds": round(time.time() - t0, 3)}, indent=1))
     return 0
+
+
+def real_caches(cfg: TrainConfig, space: SearchSpace | None, use_ray: bool, cache: str | None,
+                quiet: bool = False) -> list[dict]:
+    """Fill the real-feature caches the trials of ``space`` (or a run of ``cfg``) can read, where the trials look
+    for them: ``$ISP_SEARCH_REAL_CACHE``, else ``real-features`` beside the reference cache folder (``--cache``)."""
+    root = Path(cache).absolute().with_name("real-features") if cache and not os.environ.get(REAL_ENV) else None
+    with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+        if space is not None:
+            rows = build_real_caches(space, cfg, use_ray=use_ray, root=root)
+            if not rows:
+                print("real-feature caches: none, the trials' real images differ per draw (data.patch_size or "
+                      "data.augment) or features.cache_real is false")
+            return rows
+        row = fill_real_cache(cfg, root)
+        print(f"real-feature cache off: {row['off']}" if "off" in row else
+              f"real-feature cache {row['key']}: {row['images']} images, {row['bytes'] / 1e6:.1f} MB, "
+              + (f"built in {row['seconds']:.1f} s" if row["built"] else "already there"))
+        return [row]
 
 
 def bench(jobs: list, args: argparse.Namespace) -> int:
