@@ -80,8 +80,14 @@ def test_resume_is_exact_and_run_folder(synth_root, tmp_path):
     (tmp_path / "b" / "metrics.jsonl").open("a").write('{"kind": "train", "step": 3, "loss/total": 1.0}\n{"ki')
     resumed = train(cfg, tmp_path / "b", resume=tmp_path / "b")  # as if killed mid-way through step 3's row
     assert straight["status"] == resumed["status"] == "completed"
+    times = [j for j in read_jsonl(tmp_path / "a" / "metrics.jsonl") if j["kind"] == "time"]
+    assert [t["step"] for t in times] == [2, 4, 4]  # after each evaluation, then after the test split
+    assert times[0]["setup_s"] > 0 and all(t["train_s"] > 0 and t["eval_s"] > 0 for t in times[:2])
+    assert times[2]["test_s"] > 0 and sum(sum(v for k, v in t.items() if k.endswith("_s")) for t in times) <= (
+        straight["elapsed_s"])
     rows = {r: [(j["kind"], j["step"]) for j in map(json.loads, (tmp_path / r / "metrics.jsonl").read_text()
-                                                    .splitlines()) if j["kind"] != "test"] for r in "ab"}
+                                                    .splitlines()) if j["kind"] not in ("test", "time")]
+            for r in "ab"}
     assert rows["b"] == rows["a"]  # each step's rows once: those past the resumed checkpoint were written again
     a = torch.load(tmp_path / "a/checkpoints/last.pt", weights_only=False)
     b = torch.load(tmp_path / "b/checkpoints/last.pt", weights_only=False)

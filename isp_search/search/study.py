@@ -22,6 +22,8 @@ Every stage works on one :class:`~isp_search.search.context.StudyContext`; the t
 
 from __future__ import annotations
 
+import time
+
 from ray import tune
 
 from isp_search.search.cluster import connect
@@ -37,24 +39,35 @@ from isp_search.search.pretrain import pretrain_stage
 from isp_search.search.resume import prepare_resume
 from isp_search.search.space import SearchSpace
 from isp_search.search.summary import format_summary
+from isp_search.search.timeline import RECORD as TIMELINE
+from isp_search.search.timeline import timed
 from isp_search.search.tuner import fit
 
 
 def run_study(space: SearchSpace, name: str | None = None, resume: bool = False, address: str | None = None,
               smoke: bool = False, skip_bad_nodes: bool = False) -> PostSummary:
     """Every stage in order; prints the closing table and returns the summary behind it."""
+    start = time.time()
     ctx = open_study(space, name=name, resume=resume, smoke=smoke)  # the base config is loaded here, once
     connect(address)
     preflight(ctx)  # connected first, so resources are checked against the cluster; nothing written yet
     if not resume:
         write_meta(ctx.exp, ctx.space)
-    prepare_stage(ctx)
-    ctx = check_nodes(ctx, skip_bad=skip_bad_nodes)  # on every node that can take a trial, after the caches exist
-    ctx = pretrain_stage(ctx)
-    results = search_stage(ctx)
-    confirmed = confirm_stage(ctx)
-    summary = export_stage(ctx, results, confirmed)
+    uri = ctx.exp.uri
+    with timed(uri, "prepare"):
+        prepare_stage(ctx)
+    with timed(uri, "nodes"):
+        ctx = check_nodes(ctx, skip_bad=skip_bad_nodes)  # on every node that can take a trial, after the caches
+    with timed(uri, "pretrain"):
+        ctx = pretrain_stage(ctx)
+    with timed(uri, "search"):
+        results = search_stage(ctx)
+    with timed(uri, "confirm"):
+        confirmed = confirm_stage(ctx)
+    with timed(uri, "export"):
+        summary = export_stage(ctx, results, confirmed)
     print(format_summary(summary, ctx.space, ctx.exp))
+    print(f"study {ctx.exp.name}: {time.time() - start:.0f} s in all (stage times: {TIMELINE})", flush=True)
     return summary
 
 

@@ -12,9 +12,10 @@ import contextlib
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import yaml
@@ -142,6 +143,16 @@ def train(cfg: TrainConfig, run_dir: str | Path, report: Report | None = None,
     st.truncate_log(run_dir / "metrics.jsonl", step if resume is not None else -1)  # each step's rows once
     log = (run_dir / "metrics.jsonl").open("a")
 
+    # where the run's wall clock goes, as ``kind: time`` rows (seconds since the previous such row, one after each
+    # evaluation and one after the test split): setup, training steps, data wait, evaluation, checkpoints, report
+    clock = {"setup_s": time.time() - t_start, "train_s": 0.0, "data_s": 0.0, "eval_s": 0.0, "checkpoint_s": 0.0,
+             "report_s": 0.0, "test_s": 0.0}
+
+    def emit_time(at: int) -> None:
+        log.write(json.dumps({"kind": "time", "step": at, **{k: round(v, 4) for k, v in clock.items()}}) + "\n")
+        log.flush()
+        clock.update(dict.fromkeys(clock, 0.0))
+
     def emit(kind: str, at: int, metrics: dict[str, Any]) -> None:
         log.write(json.dumps({"kind": kind, "step": at, **metrics}) + "\n")
         log.flush()
@@ -161,6 +172,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, report: Report | None = None,
 
     def evaluate_candidate(best: dict[str, Any]) -> dict[str, Any]:
         """Evaluate the generator as it is now; it becomes best.pt only if it beats every earlier evaluation."""
+        t0 = time.perf_counter()
         val = evaluate(gen, data["val"], evaluator, device, cfg.train.batch_size, cfg.data.eval_limit,
                        cfg.train.score_lpips_weight) if "val" in data else {}
         save_sample_grid(gen, data.get("val", train_ds), device, run_dir / "samples" / f"step_{step:06d}.png")
@@ -168,6 +180,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, report: Report | None = None,
         improved = chosen > best["score"] or best["step"] < 0
         if improved:
             best = {"score": chosen, "step": step, "metrics": val}
+        t1 = time.perf_counter()
         save("last.pt")
         if improved:
             # generator only: export reads it, resume never does (last.pt holds the training state once)
@@ -175,10 +188,15 @@ def train(cfg: TrainConfig, run_dir: str | Path, report: Report | None = None,
                                    backbone_weights=cfg.backbone_weights, config=to_dict(cfg))
         emit("val", step, val)
         tb.flush()  # an evaluation is never lost to a stopped trial (the writer flushes only every 120 s)
+        t2 = time.perf_counter()
+        clock["eval_s"] += t1 - t0
+        clock["checkpoint_s"] += t2 - t1
+        emit_time(step)  # before the report: a trial stopped there has its time row
         bar.set_postfix(**{k: fmt.format(val[k]) for k, fmt in PROGRESS_METRICS.items() if k in val})
         bar.print_line()
         if report is not None:
             report(step, {**val, "step": step, "best_score": best["score"]}, str(ckpt_dir))
+        clock["report_s"] += time.perf_counter() - t2
         return best
 
     bar = Progress(cfg.train.steps, progress_label or "train", unit="step", initial=step,
@@ -221,6 +239,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, report: Report | None = None,
             step += 1
             timings["data_s"] += t1 - t0
             timings["step_s"] += time.perf_counter() - t1
+            clock["data_s"] += t1 - t0
+            clock["train_s"] += time.perf_counter() - t1
             bar.update(1)
             if step % cfg.train.log_interval == 0 or step == cfg.train.steps:
                 emit("train", step, metrics)
@@ -231,12 +251,15 @@ def train(cfg: TrainConfig, run_dir: str | Path, report: Report | None = None,
 
         # ---- test split with the best checkpoint -----------------------------------------------------------------
         test: dict[str, float] = {}
+        t0 = time.perf_counter()
         if (ckpt_dir / "best.pt").is_file() and "test" in data:
             best_gen = spec.build().to(device)
             best_gen.load_state_dict(torch.load(ckpt_dir / "best.pt", map_location=device, weights_only=False)["state_dict"])
             test = evaluate(best_gen, data["test"], evaluator, device, cfg.train.batch_size, cfg.data.eval_limit,
                             cfg.train.score_lpips_weight)
             emit("test", step, test)
+        clock["test_s"] += time.perf_counter() - t0
+        emit_time(step)
         elapsed = time.time() - t_start
         summary = {
             "status": status, "reason": reason, "step": step, "steps": cfg.train.steps, "mode": cfg.mode,
