@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 from raycluster import BIN, ENV, kill_tree, processes_under, running_head, tracebacks
+from studycheck import selection_is_one_evaluation
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "configs" / "paper"
@@ -43,7 +44,7 @@ def write_space(tmp: Path) -> Path:
 name: eisp_small
 base:
   config: {PAPER / 'efficient_isp_unpaired_mai2022.yaml'}
-  overrides: {TINY}train.steps: 2, train.eval_interval: 1}}
+  overrides: {TINY}train.steps: 2, train.eval_interval: 1, optim.g_lr: 1.0}}   # destructive: the start stays best
 pretrain:
   config: {PAPER / 'efficient_isp_pretrain_mai2022.yaml'}
   overrides: {TINY}train.steps: 4, train.eval_interval: 2}}
@@ -196,13 +197,17 @@ def test_study_killed_in_prepare_and_in_pretrain_then_resumed(cluster, tmp_path)
     best = torch.load(ck / "best.pt", map_location="cpu", weights_only=False)
     assert "optim_state" not in best and (ck / "best.pt").stat().st_size * 20 < (ck / "last.pt").stat().st_size
 
-    # the baselines, exported and timed like any model: the pretrain start and the default point (the only trial
-    # here, so its Pareto row is that baseline row: one row per deployed weights)
+    # the baselines, exported and timed like any model: the pretrain start and the default point (the only trial).
+    # The base's g_lr only makes the start worse, so the default's best evaluation is the start itself (step 0):
+    # what Optuna was told and its best.pt are that evaluation's, and its deployed weights are the start's, so one
+    # row holds both (the row of the trial's last checkpoint would be a second row with other weights)
     rows = {r["model_id"]: r for r in read(tmp_path / "results" / "leaderboard.parquet").to_pylist()}
-    start, default = rows.pop(f"{name}/baseline-start"), rows.pop(f"{name}/baseline-default")
-    assert not rows and {start["kind"], default["kind"]} == {"baseline"} and default["trial_id"] in ids
-    assert start["run_dir"] == str(pre_dir) and start["latency_ms"] > 0 and default["latency_ms"] > 0
-    assert start["code_sha256"] == default["code_sha256"] == code_identity()["code_sha256"]
+    start = rows.pop(f"{name}/baseline-start")
+    assert not rows and start["kind"] == "baseline" and start["same_weights_as"] == [f"{name}/baseline-default"]
+    (tid,) = ids
+    assert selection_is_one_evaluation(exp, trials, [{**start, "trial_id": tid}]) == [0]
+    assert start["run_dir"] == str(pre_dir) and start["latency_ms"] > 0
+    assert start["code_sha256"] == code_identity()["code_sha256"]
     base = json.loads((exp / "baselines.json").read_text())["start"]
     assert start["psnr"] == pytest.approx(base["test"]["psnr"]) and base["val"]["n_images"] == 2
 

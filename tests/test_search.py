@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from raycluster import BIN, ENV, running_head
+from studycheck import selection_is_one_evaluation
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -125,6 +126,8 @@ def test_job_submit_search_with_a_diverging_trial(head, tmp_path):
                for r in searched)
     assert "baselines (measured on the trials' val and test subsets" in out and "default" in out
     assert (tmp_path / "results" / "leaderboard.html").is_file()
+    selection_is_one_evaluation(tmp_path / "exp" / "job1", trials, rows)
+    _study_value_reads_it_back(tmp_path / "exp" / "job1", trials)
     assert (tmp_path / "results" / "job1" / "plots" / "pareto_front.png").is_file()
     print(f"job submit search: {time.time() - t0:.0f} s")
     # re-export after --resume of the finished search: the row is keyed by model id, not added again
@@ -134,10 +137,26 @@ def test_job_submit_search_with_a_diverging_trial(head, tmp_path):
     assert len(read(tmp_path / "results" / "leaderboard.parquet")) == len(rows)
 
 
+def _study_value_reads_it_back(exp: Path, trials) -> None:
+    """`isp-search study-value`'s reading of the finished study: its states, the hypervolume beyond the start
+    from the COMPLETE trials' values, each stage's time and the runs' own time rows."""
+    from isp_search.diagnostics.scheduler_sim import hypervolume
+    from isp_search.diagnostics.study_value import format_report, read_study
+
+    v = read_study(exp)
+    assert v.states == {"COMPLETE": 2, "FAIL": 1} and v.sampler == "tpe" and v.slots == 1
+    ref = tuple(trials[0].values)  # no start (trained from scratch): the default point, trial #0
+    assert v.hypervolume_at(3) == hypervolume([tuple(t.values) for t in trials if t.state.name == "COMPLETE"], ref)
+    assert {"prepare", "nodes", "pretrain", "search", "confirm", "export"} <= set(v.stages)
+    assert v.run_time["search"]["train_s"] > 0 and v.run_time["search"]["eval_s"] > 0
+    text = format_report([v])
+    assert "beyond the reference point (trial #0)" in text and "where job1's wall clock went" in text, text
+
+
 def final_states(exp_dir: Path) -> dict[str, str]:
     """Ray trial id -> its final Optuna state (a re-run's retry trial replaces the one it retries)."""
-    from isp_search.search.reconcile import RAY_TRIAL_ATTR, final_trials
     from isp_search.search.optuna_storage import load_study
+    from isp_search.search.reconcile import RAY_TRIAL_ATTR, final_trials
 
     meta = json.loads((exp_dir / "isp_search.json").read_text())
     study = load_study(meta["study_name"], meta["optuna_storage"])

@@ -36,6 +36,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
                 'build every reference cache a search space or training config needs (once, in parallel)'),
     'search': ('search',
                'run or resume a multi-objective hyper-parameter search (Ray Tune + Optuna) from a space YAML'),
+    'study-value': ('study_value',
+                    'what finished studies were worth: baselines vs confirmed best, hypervolume by trial count, '
+                    'where time went'),
     'train': ('train',
               'train a generator (pretrain, paired_noadv, paired or unpaired) from a YAML config'),
     'weights': ('weights',

@@ -19,9 +19,11 @@ from typing import Any
 import pyarrow.fs
 
 from isp_search.errors import UserError
+from isp_search.search.journal import mirror_uri
 from isp_search.search.space import SearchSpace
 
 META_FILE = "isp_search.json"
+TUNER_STATE = "tuner.pkl"  # written by Ray as the search starts (what ``Tuner.can_restore`` looks for)
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ def write_meta(exp: Experiment, space: SearchSpace) -> None:
     write_json(f"{exp.uri}/{META_FILE}", {
         "name": exp.name, "study_name": exp.study_name, "optuna_storage": exp.optuna_storage,
         "space": space.source, "objectives": [[o.metric, o.direction] for o in space.objectives],
+        "sampler": space.search.sampler, "max_concurrent": space.search.max_concurrent,
         "created": time.strftime("%Y-%m-%d %H:%M:%S")})
 
 
@@ -105,4 +108,28 @@ def find_experiment(space: SearchSpace, name: str | None) -> Experiment:
             raise UserError(f"--resume: no experiment of {space.name!r} under {root}; start one without --resume")
         name = found[-1].name
     meta = read_meta(f"{root.rstrip('/')}/{name}")
-    return Experiment(name, root, meta["study_name"], meta["optuna_storage"])
+    exp = Experiment(name, root, meta["study_name"], meta["optuna_storage"])
+    check_journal(exp)
+    return exp
+
+
+def _is_file(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.get_file_info(path).type == pyarrow.fs.FileType.File
+
+
+def check_journal(exp: Experiment) -> None:
+    """Refuse to resume a search whose Optuna journal is gone: its trials' results could not be read back (and Ray
+    would re-run what Optuna no longer knows). A search cut off before its first trial has no journal yet."""
+    local = exp.optuna_storage
+    if "://" in local or Path(local).is_file():  # a database URL, or the journal is there
+        return
+    mirror = mirror_uri(exp.storage, exp.name, local)
+    if (mirror and _is_file(mirror)) or not _is_file(f"{exp.uri}/{TUNER_STATE}"):
+        return  # restored from its object-store copy on resume, or no trial was ever started
+    here = f"{exp.uri}/optuna.journal"
+    moved = (f"; a journal is at {here}: if the experiment folder was moved, set optuna_storage in "
+             f"{exp.uri}/{META_FILE} to it" if "://" not in here and here != local and Path(here).is_file() else "")
+    raise UserError(f"--resume: {local}: the Optuna journal of experiment {exp.name!r} is missing (deleted, moved, "
+                    "or on a folder not mounted here), so its trials' results cannot be read back; put the file "
+                    f"back there, or start again without --resume under a new --name{moved} (nothing was started)")

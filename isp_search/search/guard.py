@@ -3,9 +3,10 @@
 * :func:`guard` wraps the trainable. A trial whose Ray id is in ``recorded`` (final in Optuna, re-run by Ray
   after a driver kill; :func:`isp_search.search.reconcile.recorded_results`) reports its recorded result and
   returns: nothing is trained twice. An exception is reported as a result first (``trial_status: error``, the
-  ``UserError`` line or ``Type: message`` as ``fail_reason``, and whether it is deterministic) and then
-  raised, so Ray marks the trial ERROR (``--resume`` re-runs it once the cause is fixed) and the searcher tells
-  Optuna that reason instead of a generic "ray error".
+  ``UserError`` line or ``Type: message`` as ``fail_reason``, whether it is deterministic, and the Ray node id it
+  ran on; Ray's own ``iterations_since_restore`` of that report is 1 when it failed before its first evaluation)
+  and then raised, so Ray marks the trial ERROR (``--resume`` re-runs it once the cause is fixed) and the
+  searcher tells Optuna that reason instead of a generic "ray error".
 * :class:`DeterministicErrors` is the Ray callback that stops a deterministic error (bad config, missing file)
   from being retried ``max_failures`` times: Ray's ``FailureConfig`` cannot filter by exception type, so when
   such a result arrives the trial's own ``max_failures`` is set to 0 just before its error is processed (and
@@ -18,16 +19,19 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+import ray
 from ray import tune
 from ray.tune import Callback
 
 from isp_search.errors import UserError
+from isp_search.search.faults import fail_trial_if_asked
 from isp_search.search.required import objective_names, with_required
 
 # Retrying these cannot help: the same config and files fail the same way.
 DETERMINISTIC: tuple[type[BaseException], ...] = (UserError, FileNotFoundError, NotADirectoryError,
                                                   IsADirectoryError, PermissionError)
 DETERMINISTIC_KEY = "error_deterministic"
+NODE_KEY = "error_node"  # the Ray node id the failed attempt ran on (:mod:`isp_search.search.quarantine`)
 _MAX_REASON = 500
 
 
@@ -53,10 +57,12 @@ def guard(fn: Callable[..., None]) -> Callable[..., None]:
             tune.report(with_required(dict(recorded[trial_id]), names))
             return
         try:
+            fail_trial_if_asked(trial_id)  # test-only: a node that fails every trial (faults.py)
             fn(config, **kw)
         except Exception as e:  # reported (with its real cause), then raised: Ray marks the trial ERROR
             tune.report(with_required({"trial_status": "error", "fail_reason": error_reason(e),
-                                   DETERMINISTIC_KEY: int(isinstance(e, DETERMINISTIC))}, names))
+                                       DETERMINISTIC_KEY: int(isinstance(e, DETERMINISTIC)),
+                                       NODE_KEY: ray.get_runtime_context().get_node_id()}, names))
             raise
 
     return run

@@ -26,6 +26,7 @@ import time
 
 from ray import tune
 
+from isp_search.errors import UserError
 from isp_search.search.cluster import connect
 from isp_search.search.confirm import confirm_stage
 from isp_search.search.context import StudyContext, open_study
@@ -74,4 +75,16 @@ def run_study(space: SearchSpace, name: str | None = None, resume: bool = False,
 def search_stage(ctx: StudyContext) -> tune.ResultGrid:
     """Run (or, resumed, continue) the trials."""
     restoring = ctx.resume and tune.Tuner.can_restore(ctx.exp.uri)
-    return fit(ctx, recorded=prepare_resume(ctx.exp, ctx.space) if restoring else None)
+    results = fit(ctx, recorded=prepare_resume(ctx.exp, ctx.space) if restoring else None)
+    # Ray Tune answers Ctrl-C (SIGINT) by saving its state and returning: the study stops here, not in the next stage
+    unfinished = len(results) - results.num_terminated - results.num_errors
+    if unfinished > 0:
+        raise SearchInterrupted(f"search interrupted with {unfinished} of {len(results)} trials unfinished; its state "
+                                f"is saved: the same command with --resume --name {ctx.exp.name} carries on")
+    return results
+
+
+class SearchInterrupted(UserError):
+    """The search stopped before every trial ended (Ctrl-C); exit status 130, as for an interrupt."""
+
+    exit_code = 130

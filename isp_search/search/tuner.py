@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ray import tune
@@ -15,17 +16,19 @@ from isp_search.search.baselines import default_point
 from isp_search.search.context import StudyContext
 from isp_search.search.guard import DeterministicErrors, guard
 from isp_search.search.keep_default import DefaultKeepingASHA, DefaultKeepingMOASHA
-from isp_search.search.placement import node_selector
+from isp_search.search.quarantine import NodeQuarantine, trial_resources
 from isp_search.search.reporter import TrialTable
 from isp_search.search.searcher import make_searcher
 from isp_search.search.tracking import set_tracking_environment, tracking_callbacks
 from isp_search.search.trainable import run_trial
 
 
-def fit(ctx: StudyContext, recorded: dict[str, dict] | None = None) -> tune.ResultGrid:
+def fit(ctx: StudyContext, recorded: dict[str, dict] | None = None,
+        trial_fn: Callable[..., None] = run_trial) -> tune.ResultGrid:
     """Run the study's trials; ``recorded`` (the results to replay, :mod:`isp_search.search.resume`) restores the
-    experiment's saved Tuner instead of starting a new one."""
-    trainable = _trainable(ctx, recorded)
+    experiment's saved Tuner instead of starting a new one. ``trial_fn`` is the trial (``isp-search bench-driver``
+    passes a stand-in)."""
+    trainable = _trainable(ctx, recorded, trial_fn)
     if recorded is not None:
         set_tracking_environment(ctx.space)  # the restored Tuner brings back its own logger callbacks
         return tune.Tuner.restore(ctx.exp.uri, trainable=trainable, resume_errored=True).fit()
@@ -45,6 +48,7 @@ def fit(ctx: StudyContext, recorded: dict[str, dict] | None = None) -> tune.Resu
             progress_reporter=TrialTable(metric_columns=metric_columns, parameter_columns=list(space.space)),
             failure_config=tune.FailureConfig(max_failures=space.search.max_failures),
             callbacks=[DeterministicErrors(space.search.max_failures),  # a bad config/file fails at once
+                       NodeQuarantine(space, ctx.exp.study_name),  # a node failing trials at once gets no more
                        *tracking_callbacks(space, ctx.exp)],  # MLflow / W&B (tracking:)
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=space.scheduler.metric,
                                                     checkpoint_score_order=ctx.score_mode),
@@ -71,14 +75,14 @@ def _scheduler(ctx: StudyContext) -> TrialScheduler | None:
     return scheduler
 
 
-def _trainable(ctx: StudyContext, recorded: dict[str, dict] | None) -> Any:
+def _trainable(ctx: StudyContext, recorded: dict[str, dict] | None, trial_fn: Callable[..., None] = run_trial) -> Any:
     res = ctx.space.resources
-    resources: Any = {"cpu": res.cpu, "gpu": res.gpu, **res.custom}
-    if ctx.excluded_nodes:  # --skip-bad-nodes: the same resources, on every node but those that failed the check
-        bundle = {k: v for k, v in {"CPU": res.cpu, "GPU": res.gpu, **res.custom}.items() if v > 0}
-        resources = tune.PlacementGroupFactory([bundle], bundle_label_selector=[node_selector(ctx.excluded_nodes)])
+    bundle = {k: v for k, v in {"CPU": res.cpu, "GPU": res.gpu, **res.custom}.items() if v > 0}
+    # made as each trial is created: off the nodes that failed the node check (--skip-bad-nodes) and those
+    # quarantined so far (NodeQuarantine)
+    resources = trial_resources(bundle, ctx.exp.study_name, ctx.excluded_nodes)
     # guard: trials final in Optuna replay their ``recorded`` result; errors reach Optuna with their real cause
-    return tune.with_resources(tune.with_parameters(guard(run_trial), space=ctx.space, base_cfg=ctx.cfg,
+    return tune.with_resources(tune.with_parameters(guard(trial_fn), space=ctx.space, base_cfg=ctx.cfg,
                                                     score_mode=ctx.score_mode, exp_uri=ctx.exp.uri,
                                                     recorded=recorded), resources)
 
