@@ -36,6 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="Ray cluster to join (e.g. ray://head:10001 or auto); default: $RAY_ADDRESS under "
                    "`ray job submit`, else a local Ray started in this process")
     p.add_argument("--num-samples", type=int, default=None, help="override search.num_samples")
+    p.add_argument("--sampler", choices=("tpe", "gp", "nsga2", "random"), default=None,
+                   help="override search.sampler (e.g. random, to measure what the space's sampler buys)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a training config value of every trial and of the pretrain run, e.g. "
                    "--set data.root=/mnt/isp-search/data/mai2022 (repeatable; applied after base.overrides)")
@@ -59,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
         if args.num_samples <= 0:
             raise UserError(f"--num-samples {args.num_samples}: expected an int > 0")
         space = replace(space, search=replace(space.search, num_samples=args.num_samples))
+    if args.sampler is not None:
+        space = replace(space, search=replace(space.search, sampler=args.sampler))
     summary = run_study(space, name=args.name, resume=args.resume, address=args.address, smoke=args.smoke_test,
                         skip_bad_nodes=args.skip_bad_nodes)
     return 0 if summary.pareto else 1  # the Pareto front is empty only when no trial completed

@@ -76,11 +76,13 @@ def search_stage(ctx: StudyContext) -> tune.ResultGrid:
     """Run (or, resumed, continue) the trials."""
     restoring = ctx.resume and tune.Tuner.can_restore(ctx.exp.uri)
     results = fit(ctx, recorded=prepare_resume(ctx.exp, ctx.space) if restoring else None)
-    # Ray Tune answers Ctrl-C (SIGINT) by saving its state and returning: the study stops here, not in the next stage
-    unfinished = len(results) - results.num_terminated - results.num_errors
-    if unfinished > 0:
-        raise SearchInterrupted(f"search interrupted with {unfinished} of {len(results)} trials unfinished; its state "
-                                f"is saved: the same command with --resume --name {ctx.exp.name} carries on")
+    # Ray Tune answers Ctrl-C (SIGINT) by saving its state, stopping the running trials and returning: fewer trials
+    # than num_samples were made (or some never ended). The study stops here, not in the next stage.
+    ended = results.num_terminated + results.num_errors
+    wanted = ctx.space.search.num_samples
+    if len(results) < wanted or ended < len(results):
+        raise SearchInterrupted(f"search interrupted after {len(results)} of {wanted} trials; its state is saved: "
+                                f"the same command with --resume --name {ctx.exp.name} carries on")
     return results
 
 
