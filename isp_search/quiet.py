@@ -178,10 +178,40 @@ def install() -> None:
     # <ip> from checkpoint: Checkpoint(...)" (the trial says "attempt 2 after a restart, from step N" itself)
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     logging.getLogger("ray.tune.trainable.trainable").setLevel(logging.WARNING)
+    sys.unraisablehook = _ray_teardown_dropped(sys.unraisablehook)
     for name, module in list(sys.modules.items()):  # already loaded (imported before isp_search)
         if name in QUIET_CALLS or name in ("tensorflow", "optuna"):
             _after_import(name, module)
     sys.meta_path.insert(0, _QuietFinder())
+
+
+def _ray_teardown_dropped(hook: Callable[[Any], None]) -> Callable[[Any], None]:
+    """``sys.unraisablehook`` less one report: Ray's teardown of a worker. At the end of a job (or when a trial is
+    stopped) the raylet SIGTERMs the worker; Ray's handler (``sigterm_handler`` in ``ray/_private/worker.py``)
+    raises ``SystemExit``. When that lands inside a weakref callback or a ``__del__``, Python cannot raise it and
+    prints "Exception ignored in ..." with a traceback into the job log. Nothing of ours ran; every other
+    unraisable exception is reported as before."""
+    if getattr(hook, "__isp_search_quiet__", False):
+        return hook
+
+    def report(unraisable: Any) -> None:
+        if not _ray_sigterm(unraisable.exc_type, unraisable.exc_traceback):
+            hook(unraisable)
+
+    report.__isp_search_quiet__ = True
+    return report
+
+
+def _ray_sigterm(exc_type: Any, tb: Any) -> bool:
+    if exc_type is None or not issubclass(exc_type, SystemExit):
+        return False
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_name == "sigterm_handler" and code.co_filename.replace(os.sep, "/").endswith(
+                "ray/_private/worker.py"):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _isatty(stream: Any) -> bool:
