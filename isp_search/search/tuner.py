@@ -42,7 +42,10 @@ def fit(ctx: StudyContext, recorded: dict[str, dict] | None = None,
                                                              ctx.exp.name),
                                     scheduler=_scheduler(ctx), num_samples=space.search.num_samples,
                                     max_concurrent_trials=space.search.max_concurrent,
-                                    trial_dirname_creator=_trial_dirname),
+                                    trial_dirname_creator=_trial_dirname,
+                                    # a trial starts in the worker its GPU's last trial ran in: no new process, no
+                                    # imports, no placement group per trial (docs/benchmarks.md, driver at scale)
+                                    reuse_actors=True),
         run_config=tune.RunConfig(
             name=ctx.exp.name, storage_path=space.storage.path, verbose=1,
             progress_reporter=TrialTable(metric_columns=metric_columns, parameter_columns=list(space.space)),
