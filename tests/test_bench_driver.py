@@ -16,7 +16,7 @@ from isp_search.commands.bench_driver import format_report
 
 def test_the_stand_in_module_imports_no_torch():
     """Every trial worker imports it: 64 workers with torch would not fit in 24 GiB."""
-    code = "import sys, isp_search.diagnostics.bench_driver\nprint('torch' in sys.modules)"
+    code = "import sys, isp_search.diagnostics.driver_stand_in\nprint('torch' in sys.modules)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "False", r.stdout + r.stderr[-2000:]
 
@@ -36,8 +36,9 @@ def test_every_trial_ends_final_in_the_journal_and_the_gaps_are_measured(capsys)
     assert sum(states.values()) == trials and set(states) <= {"COMPLETE", "PRUNED"}, states
     # the default point always runs to its end (MOASHA keeps it): its closing report makes it COMPLETE
     assert states.get("COMPLETE", 0) >= 1, states
-    # every GPU's first trial starts the run; each later trial follows one that ended on its GPU
+    # every GPU's first trial starts the run; each later trial follows one that ended on its GPU, in its worker
     assert r["gaps"] == trials - gpus
+    assert r["same_worker"] == r["gaps"] and r["new_processes"] == 0, r
     assert 0 <= r["gap_median_s"] <= r["gap_p95_s"] <= r["gap_max_s"] < 120, r
     assert all(math.isfinite(r[k]) for k in ("gap_mean_s", "trial_mean_s", "busy_run"))
     assert set(r["sampler_s"]) == {"0", str(trials)} and r["suggest_s"] and r["tell_s"]

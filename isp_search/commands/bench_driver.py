@@ -9,6 +9,7 @@ import math
 import re
 from typing import Any
 
+from isp_search.diagnostics.bench_driver import run_bench
 from isp_search.errors import UserError
 
 HELP = "run the search's driver (Optuna, MOASHA, Ray Tune) on stand-in trials: gaps, sampler time, CPU, journal"
@@ -44,8 +45,6 @@ def run(args: argparse.Namespace) -> int:
                                    ("--evaluations", args.evaluations, args.evaluations >= 1, ">= 1")):
         if not ok:
             raise UserError(f"{flag} must be {valid}, got {value:g}")
-    from isp_search.diagnostics.bench_driver import run_bench
-
     result = run_bench(trials=args.trials, concurrent=args.concurrent, trial_seconds=args.trial_seconds,
                        evaluations=args.evaluations, log=(lambda _: None) if args.json else print)
     print(json.dumps(result) if args.json else "\n".join(format_report(result)))
@@ -53,7 +52,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _ms(s: float) -> str:
-    return "n/a" if s is None or math.isnan(s) else f"{1000 * s:.0f} ms" if s < 1 else f"{s:.2f} s"
+    if s is None or math.isnan(s):
+        return "n/a"
+    return f"{1000 * s:.1f} ms" if s < 0.01 else f"{1000 * s:.0f} ms" if s < 1 else f"{s:.2f} s"
 
 
 def _mib(n: int) -> str:
@@ -87,16 +88,16 @@ def format_report(r: dict[str, Any]) -> list[str]:
     if r["workers_with_torch"]:
         add(f"  {r['workers_with_torch']} trial(s) ran in a worker that had imported torch: a worker unpickles the "
             "trainable, its arguments")
-        add("  and its resources function; one of them imports torch (about 0.6 GiB a worker)")
+        add("  and its resources function; one of them imports torch (about 1.2 GiB RSS a worker, 215 MiB without)")
     add(f"optuna journal: {final} of {n} trials final ({states}); {r['reports']} reports; driver output "
         f"{r['driver_output_lines']} lines")
     add(f"gap, a trial's end to the next start on its GPU ({r['gaps']}): median {_ms(r['gap_median_s'])}, "
         f"p95 {_ms(r['gap_p95_s'])}, mean {_ms(gap)}, max {_ms(r['gap_max_s'])}")
+    if r["same_worker"]:
+        add(f"  {r['same_worker']} of them in the worker the previous trial on that GPU ran in (reused)")
     if r["new_processes"]:
         add(f"  a new worker process for {r['new_processes']} of them: median {_ms(r['to_process_median_s'])} from "
             f"the end to its creation, {_ms(r['process_up_median_s'])} from there to the trial")
-    else:
-        add("  every next trial ran in a worker process that was already up (Ray Tune reused the actor)")
     add(f"  first wave (not a gap): started {r['first_wave_s'][0]:.1f}-{r['first_wave_s'][1]:.1f} s after the "
         "search began")
     add(f"GPUs that ran a trial: {r['gpus_used']} of {r['concurrent']}; most trials running at once: "
@@ -104,9 +105,9 @@ def format_report(r: dict[str, Any]) -> list[str]:
     add(f"GPU busy, measured on all {r['concurrent']} (trials of {r['trial_mean_s']:.1f} s on average): "
         f"{_pct(r.get('busy_steady'))} from the last first-wave start")
     add(f"  to the last start, {_pct(r.get('busy_run'))} over the whole run")
-    add(f"GPU busy, projected as T / (T + mean gap) with every GPU in use: {projected}")
-    add("sampler, per suggestion (make_sampler's, on the run's first n finished trials): "
-        + ", ".join(f"n={k} {_ms(v)}" for k, v in r["sampler_s"].items()))
+    add(f"GPU busy, projected as T / (T + mean gap), every GPU in use: {projected}")
+    add("sampler, per suggestion (make_sampler's, on the run's first n finished trials):")
+    add("  " + ", ".join(f"n={k} {_ms(v)}" for k, v in r["sampler_s"].items()))
     add("searcher in the driver, median by trials finished: suggest "
         + ", ".join(f"{k} {_ms(v)}" for k, v in r["suggest_s"].items()))
     add("  on_trial_complete " + ", ".join(f"{k} {_ms(v)}" for k, v in r["tell_s"].items()))

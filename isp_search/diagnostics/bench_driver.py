@@ -3,128 +3,61 @@
 The real driver — :func:`isp_search.search.tuner.fit` with the study's Optuna searcher and journal, MOASHA, the trial
 wrapper ``guard``, the callbacks and the trial table, on a :class:`~isp_search.search.context.StudyContext` opened
 as a study opens it — runs on one local Ray instance this module starts with ``concurrent`` logical GPUs, against
-:func:`stand_in_trial`: a trainable that sleeps and reports the learning curves of
-:mod:`isp_search.diagnostics.scheduler_sim` (their front is known), with a small checkpoint at every evaluation and
-the closing ``final=1`` report, as :mod:`isp_search.search.trainable` does. Each result carries the wall time at the
-trial's entry and at that report, and the GPU it ran on, so the time a GPU waits between two trials is measured.
-
-This module is imported by every trial worker, so at its top it imports nothing that loads torch: 64 workers with
-torch would not fit in 24 GiB. For the same reason the workers receive the study's space as :class:`WorkerSpace`
-(a Ray serializer registered for the run): unpickling a ``SearchSpace`` imports ``isp_search.metrics`` and with
-it torch (about 0.5 GiB of a process's own memory, 1.2 GiB RSS, measured 2026-12-07).
+the stand-in trial of :mod:`isp_search.diagnostics.driver_stand_in`. From the wall times its results carry, the bench
+measures per GPU the time from one trial's end to the next one's start; it also times the searcher inside the
+driver and the sampler on the finished study, samples the CPU and memory of the processes it started, and reads the
+sizes of the journal and of Ray's experiment state.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
-import json
+import logging
 import math
 import os
-import random
 import resource
 import shutil
 import signal
 import statistics
-import sys
 import tempfile
 import threading
 import time
-import zlib
+import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Self
 
+import optuna
 import psutil
 import ray
-from ray import tune
+from optuna.trial import TrialState
 
-from isp_search.search.required import objective_names, with_required
+from isp_search.diagnostics import scheduler_sim
+from isp_search.diagnostics.driver_stand_in import Scheduler, WorkerSpace, as_sent, stand_in_trial
+from isp_search.errors import UserError
+from isp_search.quiet import ray_runtime_env
+from isp_search.search.cluster import TUNE_ENV
+from isp_search.search.context import StudyContext, open_study
+from isp_search.search.experiment import write_meta
+from isp_search.search.optuna_storage import make_storage
+from isp_search.search.sampling import suggest
+from isp_search.search.searcher import IspOptunaSearch, make_sampler
+from isp_search.search.space import PretrainCfg, Resources, SearchSpace, StorageCfg
+from isp_search.search.space_file import load_space
+from isp_search.search.tuner import fit
 
 SPACE_FILE = Path(__file__).resolve().parents[2] / "search_spaces" / "efficient_isp_unpaired_mai2022.yaml"
 SAMPLER_MARKS = (0, 64, 128, 256, 512)  # finished trials at which the sampler's time per suggestion is taken
-
-
-@dataclass(frozen=True)
-class Scheduler:
-    metric: str
-
-
-@dataclass(frozen=True)
-class WorkerSpace:
-    """What a stand-in trial reads of the study's space (``guard`` reads ``metric_names`` and
-    ``scheduler.metric``), and the bench's settings; ``curve`` and ``score`` are scheduler_sim's, pickled by value."""
-
-    metric_names: list[str]
-    scheduler: Scheduler
-    params: dict[str, tuple]  # name -> ("float"|"int", low, high, log) or ("categorical", choices)
-    evaluations: int
-    trial_seconds: float
-    scratch: str  # where the trials write their small checkpoints
-    curve: Any = None  # scheduler_sim.Config
-    score: Any = None  # scheduler_sim.score
-    noise: tuple[float, float] = (0.0, 0.0)
-
-
-def _unit(value: Any, p: tuple) -> float:
-    """A sampled value's place in its range, 0 to 1."""
-    if p[0] == "categorical":
-        return p[1].index(value) / max(1, len(p[1]) - 1) if value in p[1] else 0.5
-    _, low, high, log = p
-    if high <= low:
-        return 0.5
-    return math.log(value / low) / math.log(high / low) if log else (value - low) / (high - low)
-
-
-def stand_in_trial(config: dict[str, Any], *, space: WorkerSpace, base_cfg: Any = None, score_mode: str = "max",
-                   exp_uri: str = "") -> None:
-    """A trial that sleeps ``trial_seconds`` over ``evaluations`` reports and closes as the real trainable does.
-    The first three searched values, each placed in its range, are the curve's ``trade``, ``quality`` and
-    ``speed`` (:class:`isp_search.diagnostics.scheduler_sim.Config`)."""
-    start = time.time()
-    born = psutil.Process().create_time()  # when this worker process began (a new one per trial, or reused)
-    stamp = {"bench/start": start, "bench/born": born, "bench/gpu": ",".join(str(g) for g in ray.get_gpu_ids()),
-             "bench/pid": os.getpid(), "bench/torch": int("torch" in sys.modules)}  # torch: 0.5 GiB more a worker
-    ctx = tune.get_context()
-    trial_id = ctx.get_trial_id()
-    units = [_unit(config[k], p) for k, p in space.params.items() if k in config]
-    curve = space.curve(*(units + [0.5, 0.5, 0.5])[:3])
-    rng = random.Random(zlib.crc32(trial_id.encode()))
-    names = objective_names(space)  # type: ignore[arg-type]  # reads metric_names and scheduler.metric only
-    n, max_t = space.evaluations, space.evaluations + 1
-    ckpt = Path(space.scratch) / trial_id
-    ckpt.mkdir(parents=True, exist_ok=True)
-
-    def values(t: int) -> dict[str, float]:
-        lp, ps = curve.at(t, max_t)
-        if t < max_t:
-            lp, ps = lp + rng.gauss(0.0, space.noise[0]), ps + rng.gauss(0.0, space.noise[1])
-        return {"lpips": lp, "psnr": ps, space.scheduler.metric: space.score(lp, ps)}
-
-    for t in range(1, n + 1):
-        time.sleep(space.trial_seconds / n)
-        (ckpt / "search_state.json").write_text(json.dumps({"step": t}))
-        result = {**values(t), "step": t, **stamp, "bench/at": time.time()}
-        tune.report(with_required(result, names), checkpoint=tune.Checkpoint.from_directory(str(ckpt)))
-    # the closing report, as trainable.final_report sends it: the searcher tells Optuna COMPLETE on final=1
-    tune.report(with_required({**values(max_t), "final": 1, "trial_status": "completed", "step": n, "best_step": n,
-                               **stamp, "bench/at": time.time()}, names))
-
-
-def _itself(ws: WorkerSpace) -> WorkerSpace:
-    return ws
 
 
 @contextlib.contextmanager
 def light_workers(ws: WorkerSpace) -> Iterator[None]:
     """While it lasts, a ``SearchSpace`` sent to a Ray worker arrives there as ``ws`` (the driver keeps the real
     one), with scheduler_sim's curve pickled by value so that the worker never imports scheduler_sim (torch)."""
-    from isp_search.diagnostics import scheduler_sim
-    from isp_search.search.space import SearchSpace
-
     ray.cloudpickle.register_pickle_by_value(scheduler_sim)
-    ray.util.register_serializer(SearchSpace, serializer=lambda _: ws, deserializer=_itself)
+    ray.util.register_serializer(SearchSpace, serializer=lambda _: ws, deserializer=as_sent)
     try:
         yield
     finally:
@@ -197,8 +130,6 @@ class Probe:
 def timed_searcher(times: dict[str, list]) -> Iterator[None]:
     """While it lasts, every ``suggest`` and ``on_trial_complete`` of the study's searcher is timed:
     ``times[name]`` gets (trials finished before the call, seconds)."""
-    from isp_search.search.searcher import IspOptunaSearch
-
     originals = {name: getattr(IspOptunaSearch, name) for name in ("suggest", "on_trial_complete")}
 
     def timed(name: str, fn: Callable) -> Callable:
@@ -229,6 +160,7 @@ class TrialSpan:
     end: float
     reports: int
     born: float  # when its worker process was created
+    pid: int  # that process
 
 
 def percentile(xs: list[float], q: float) -> float:
@@ -249,18 +181,20 @@ def gpu_timeline(spans: list[TrialSpan], fit_start: float, concurrent: int) -> d
     by_gpu: dict[str, list[TrialSpan]] = {}
     for s in spans:
         by_gpu.setdefault(s.gpu, []).append(s)
-    gaps, firsts, to_process, process_up = [], [], [], []
+    gaps, firsts, to_process, process_up, same_worker = [], [], [], [], 0
     for runs in by_gpu.values():
         runs.sort(key=lambda s: s.start)
         firsts.append(runs[0].start - fit_start)
         for a, b in itertools.pairwise(runs):
             gaps.append(b.start - a.end)
+            same_worker += b.pid == a.pid  # Ray Tune reused the previous trial's worker (actor)
             if b.born > a.end:  # a worker process started for this trial: the gap is Ray's part, then its start-up
                 to_process.append(b.born - a.end)
                 process_up.append(b.start - b.born)
     out: dict[str, Any] = {
         "gaps": len(gaps), "gap_median_s": percentile(gaps, 0.5), "gap_p95_s": percentile(gaps, 0.95),
-        "new_processes": len(to_process), "to_process_median_s": percentile(to_process, 0.5),
+        "same_worker": same_worker, "new_processes": len(to_process),
+        "to_process_median_s": percentile(to_process, 0.5),
         "process_up_median_s": percentile(process_up, 0.5),
         "gap_mean_s": statistics.fmean(gaps) if gaps else math.nan, "gap_max_s": max(gaps, default=math.nan),
         "first_wave_s": [min(firsts, default=math.nan), max(firsts, default=math.nan)],
@@ -286,19 +220,10 @@ def _busy(spans: list[TrialSpan], t0: float, t1: float, gpus: int) -> float:
     return covered / (gpus * (t1 - t0))
 
 
-def sampler_times(space: Any, storage: str, study_name: str, repeats: int = 3) -> dict[int, float]:
+def sampler_times(space: SearchSpace, storage: str, study_name: str, repeats: int = 3) -> dict[int, float]:
     """Seconds per suggestion (``ask`` and the space's ``suggest_*`` calls) of the sampler ``make_sampler`` builds,
     on an in-memory study holding the first n finished trials of the run's journal, for n in
     :data:`SAMPLER_MARKS` (and all of them)."""
-    import warnings
-
-    import optuna
-    from optuna.trial import TrialState
-
-    from isp_search.search.optuna_storage import make_storage
-    from isp_search.search.sampling import suggest
-    from isp_search.search.searcher import make_sampler
-
     done = [t for t in optuna.load_study(study_name=study_name, storage=make_storage(storage)).get_trials()
             if t.state.is_finished()]
     marks = sorted({m for m in SAMPLER_MARKS if m <= len(done)} | {len(done)})
@@ -342,14 +267,9 @@ def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
 
 
-def bench_space(trials: int, concurrent: int, evaluations: int, storage: str) -> Any:
+def bench_space(trials: int, concurrent: int, evaluations: int, storage: str) -> SearchSpace:
     """The paper's unpaired space (2 objectives, MOASHA, TPE, its default point first) with the bench's trial
     count, concurrency, ``evaluations`` per trial, one CPU and one GPU a trial, storage in the bench's folder."""
-    from dataclasses import replace
-
-    from isp_search.search.space import PretrainCfg, Resources, StorageCfg
-    from isp_search.search.space_file import load_space
-
     space = load_space(str(SPACE_FILE))
     return replace(space, name="bench-driver", pretrain=PretrainCfg(), resources=Resources(cpu=1.0, gpu=1.0),
                    storage=StorageCfg(path=storage),
@@ -362,11 +282,6 @@ def run_bench(trials: int = 512, concurrent: int = 64, trial_seconds: float = 60
               log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the driver once against stand-in trials on a Ray instance of ``concurrent`` logical GPUs started here
     (and shut down at the end, its folder removed); returns the measurements (JSON-ready)."""
-    from isp_search.diagnostics.scheduler_sim import NOISE, Config, score
-    from isp_search.errors import UserError
-    from isp_search.search.context import open_study
-    from isp_search.search.experiment import write_meta
-
     if ray.is_initialized():
         raise UserError("bench-driver starts its own Ray instance: run it in a process that is not connected to Ray")
     load = os.getloadavg()[0]
@@ -378,7 +293,8 @@ def run_bench(trials: int = 512, concurrent: int = 64, trial_seconds: float = 60
                          params={k: ("categorical", list(p.choices)) if p.type == "categorical" else
                                  (p.type, float(p.low), float(p.high), p.log) for k, p in ctx.space.space.items()},
                          evaluations=ctx.cfg.num_evaluations, trial_seconds=trial_seconds,
-                         scratch=str(tmp / "scratch"), curve=Config, score=score, noise=NOISE)
+                         scratch=str(tmp / "scratch"), curve=scheduler_sim.Config, score=scheduler_sim.score,
+                         noise=scheduler_sim.NOISE)
         ray_up_s = _start_ray(concurrent, tmp / "ray")
         log(f"bench-driver: Ray up in {ray_up_s:.1f} s ({concurrent} logical GPUs); {trials} stand-in trials of "
             f"{trial_seconds:g} s, {concurrent} at once; the driver's own output goes to a log")
@@ -399,11 +315,6 @@ def run_bench(trials: int = 512, concurrent: int = 64, trial_seconds: float = 60
 def _start_ray(concurrent: int, temp_dir: Path) -> float:
     """A local Ray with ``concurrent`` logical GPUs (and CPUs), set up as ``cluster.connect`` sets up a study's;
     returns the seconds it took."""
-    import logging
-
-    from isp_search.quiet import ray_runtime_env
-    from isp_search.search.cluster import TUNE_ENV
-
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the classic reporter: the trial table
     for k, v in TUNE_ENV.items():
@@ -415,11 +326,8 @@ def _start_ray(concurrent: int, temp_dir: Path) -> float:
     return time.time() - t0
 
 
-def _search(ctx: Any, ws: WorkerSpace, driver_log: Path) -> dict[str, Any]:
+def _search(ctx: StudyContext, ws: WorkerSpace, driver_log: Path) -> dict[str, Any]:
     """``tuner.fit`` on the stand-in, its output in ``driver_log``; the timeline, CPU and memory it measured."""
-    from isp_search.errors import UserError
-    from isp_search.search.tuner import fit
-
     times: dict[str, list] = {}
     floor = max(2 * 2**30, psutil.virtual_memory().total // 10)
     grid = None
@@ -439,7 +347,7 @@ def _search(ctx: Any, ws: WorkerSpace, driver_log: Path) -> dict[str, Any]:
                         "trial workers import more than they should (torch: about 0.6 GiB each)")
     results = [r.metrics for r in grid if r.metrics and "bench/start" in r.metrics]
     spans = [TrialSpan(m.get("trial_id", ""), str(m["bench/gpu"]), m["bench/start"], m["bench/at"],
-                       int(m.get("training_iteration", 0)), m["bench/born"]) for m in results]
+                       int(m.get("training_iteration", 0)), m["bench/born"], int(m["bench/pid"])) for m in results]
     errors = [str(r.error).splitlines()[0] for r in grid if r.error is not None]
     lines = driver_log.read_text(errors="replace").splitlines()
     driver_cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime - probe.own_cpu_s
@@ -454,12 +362,8 @@ def _search(ctx: Any, ws: WorkerSpace, driver_log: Path) -> dict[str, Any]:
                        "worker_rss_mib": probe.worker_rss({int(m.get("bench/pid", 0)) for m in results}) / 2**20}}
 
 
-def _journal(ctx: Any) -> dict[str, Any]:
+def _journal(ctx: StudyContext) -> dict[str, Any]:
     """Trial states in the Optuna journal, the sampler's time per suggestion, and the sizes of what was written."""
-    import optuna
-
-    from isp_search.search.optuna_storage import make_storage
-
     study = optuna.load_study(study_name=ctx.exp.study_name, storage=make_storage(ctx.exp.optuna_storage))
     states: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):

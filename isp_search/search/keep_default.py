@@ -15,6 +15,7 @@ from typing import Any
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from isp_search.search.moasha import MOASHAScheduler
+from isp_search.search.worker_reuse import FreedWorkersFirst
 
 
 class _KeepsDefault:
@@ -28,20 +29,12 @@ class _KeepsDefault:
             return TrialScheduler.CONTINUE
         return decision
 
-    def choose_trial_to_run(self, tune_controller: Any) -> Any:
-        """None: Ray Tune then starts the pending trials in order, each in a worker freed by a finished trial when
-        there is one (``reuse_actors``). The FIFO default names the oldest pending trial, and Tune hands it a freed
-        worker even while a new one is starting for it, and stops that one: while trials end faster than a worker
-        starts, the workers never grow past those up when the first trial ended (47 of 64 GPUs in
-        docs/benchmarks.md, driver at scale). Our schedulers never pause a trial, so nothing else is chosen here."""
-        return None
 
-
-class DefaultKeepingASHA(_KeepsDefault, ASHAScheduler):
+class DefaultKeepingASHA(_KeepsDefault, FreedWorkersFirst, ASHAScheduler):
     """ASHA on the scalar score that lets the default point finish."""
 
 
-class DefaultKeepingMOASHA(_KeepsDefault, MOASHAScheduler):
+class DefaultKeepingMOASHA(_KeepsDefault, FreedWorkersFirst, MOASHAScheduler):
     """MOASHA (Pareto rank on the objectives) that lets the default point finish."""
 
 
