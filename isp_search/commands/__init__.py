@@ -13,6 +13,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
               'measure latency: LiteRT/XNNPACK, ONNX Runtime and PyTorch on CPU, or a phone over adb'),
     'bench-data': ('bench_data',
                    "items/s of the data pipeline (files, pack, DataLoader) against the step's consumption"),
+    'bench-driver': ('bench_driver',
+                     "run the search's driver (Optuna, MOASHA, Ray Tune) on stand-in trials: gaps, sampler time, "
+                     'CPU, journal'),
     'bench-scheduler': ('bench_scheduler',
                         'compare early stopping (MOASHA, ASHA, none, random search) at one budget on curves with a '
                         'known front'),

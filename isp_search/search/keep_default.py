@@ -15,6 +15,7 @@ from typing import Any
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from isp_search.search.moasha import MOASHAScheduler
+from isp_search.search.worker_reuse import FreedWorkersFirst
 
 
 class _KeepsDefault:
@@ -29,11 +30,11 @@ class _KeepsDefault:
         return decision
 
 
-class DefaultKeepingASHA(_KeepsDefault, ASHAScheduler):
+class DefaultKeepingASHA(_KeepsDefault, FreedWorkersFirst, ASHAScheduler):
     """ASHA on the scalar score that lets the default point finish."""
 
 
-class DefaultKeepingMOASHA(_KeepsDefault, MOASHAScheduler):
+class DefaultKeepingMOASHA(_KeepsDefault, FreedWorkersFirst, MOASHAScheduler):
     """MOASHA (Pareto rank on the objectives) that lets the default point finish."""
 
 

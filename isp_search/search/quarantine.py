@@ -16,46 +16,20 @@ as they would without the quarantine, and one line says so. The quarantine lasts
 
 from __future__ import annotations
 
-import functools
 import re
-from collections.abc import Callable, Sequence
 from typing import Any
 
-from ray import tune
 from ray.tune import Callback
 
 from isp_search.search.guard import DETERMINISTIC_KEY, NODE_KEY
 from isp_search.search.nodes import trial_nodes
-from isp_search.search.placement import node_selector
+from isp_search.search.placement import kept_off, trial_resources
 from isp_search.search.space import SearchSpace
 
+__all__ = ["REPEATS", "NodeQuarantine", "kept_off", "same_reason", "trial_resources"]
+
 REPEATS = 2  # identical failures at once on one node before it is quarantined
-# Study name -> nodes no new trial may use (node check and quarantine), in the process that creates the trials.
-# The resources function below is pickled into Ray's registry, so it finds this set by name instead of carrying it.
-_KEPT_OFF: dict[str, set[str]] = {}
 _TRIAL_DIR = re.compile(r"trial_[0-9a-f]{5,8}(?:_\d{5})?")
-
-
-def kept_off(study: str) -> set[str]:
-    """The nodes no new trial of ``study`` may use (the live set, shared by the callback and the resources)."""
-    return _KEPT_OFF.setdefault(study, set())
-
-
-def trial_resources(bundle: dict[str, float], study: str, checked_out: Sequence[str] = ()
-                    ) -> Callable[[dict], tune.PlacementGroupFactory]:
-    """A trial's resources as ``tune.with_resources`` takes them: a function Ray calls on the driver as it creates
-    each trial, giving ``bundle`` on any node but those the node check left out (``checked_out``) and those
-    quarantined so far."""
-    return functools.partial(_resources, bundle=dict(bundle), study=study, checked_out=tuple(checked_out))
-
-
-def _resources(config: dict, *, bundle: dict[str, float], study: str, checked_out: tuple[str, ...]
-               ) -> tune.PlacementGroupFactory:
-    excluded = kept_off(study)
-    excluded.update(checked_out)  # so the quarantine counts them too when it looks for the last node left
-    if not excluded:
-        return tune.PlacementGroupFactory([bundle])
-    return tune.PlacementGroupFactory([bundle], bundle_label_selector=[node_selector(sorted(excluded))])
 
 
 def same_reason(reason: str, trial_id: str) -> str:

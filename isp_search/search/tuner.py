@@ -21,6 +21,7 @@ from isp_search.search.reporter import TrialTable
 from isp_search.search.searcher import make_searcher
 from isp_search.search.tracking import set_tracking_environment, tracking_callbacks
 from isp_search.search.trainable import run_trial
+from isp_search.search.worker_reuse import InOrder
 
 
 def fit(ctx: StudyContext, recorded: dict[str, dict] | None = None,
@@ -42,7 +43,8 @@ def fit(ctx: StudyContext, recorded: dict[str, dict] | None = None,
                                                              ctx.exp.name),
                                     scheduler=_scheduler(ctx), num_samples=space.search.num_samples,
                                     max_concurrent_trials=space.search.max_concurrent,
-                                    trial_dirname_creator=_trial_dirname),
+                                    trial_dirname_creator=_trial_dirname,
+                                    reuse_actors=True),  # a trial starts in its GPU's last worker (worker_reuse.py)
         run_config=tune.RunConfig(
             name=ctx.exp.name, storage_path=space.storage.path, verbose=1,
             progress_reporter=TrialTable(metric_columns=metric_columns, parameter_columns=list(space.space)),
@@ -60,7 +62,7 @@ def fit(ctx: StudyContext, recorded: dict[str, dict] | None = None,
 def _scheduler(ctx: StudyContext) -> TrialScheduler | None:
     s, kind = ctx.space.scheduler, ctx.space.scheduler_type
     if kind == "none":
-        return None
+        return InOrder()  # no early stopping; a freed worker goes to a trial with none starting (worker_reuse.py)
     # (MO)ASHA stops a trial once training_iteration reaches max_t; the trainable's closing report is one iteration
     # after the last evaluation, and must arrive for the trial to count as COMPLETE.
     max_t = s.max_t or int(ctx.cfg.num_evaluations or 1000) + 1
