@@ -110,8 +110,9 @@ class Head:
                            timeout=180, start_new_session=True)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
-    def add_node(self, resources: dict, env: dict | None = None) -> str:
-        """A second raylet on this machine joining the head; returns its node-manager port as a marker.
+    def add_node(self, resources: dict, env: dict | None = None, cpus: int = 1) -> str:
+        """A second raylet on this machine joining the head, with ``cpus`` logical CPUs; returns its node-manager
+        port as a marker.
 
         ``env`` is that node's own environment (its workers inherit it), e.g. another ``ISP_SEARCH_CACHE``.
         It gets its own temp dir: two raylets sharing one session folder share ``runtime_resources/``, and the
@@ -119,7 +120,7 @@ class Head:
         nm = free_port()
         tmp = tempfile.mkdtemp(prefix="rn", dir="/tmp")
         self.node_tmps.append(tmp)
-        self._ray(["start", f"--address={self.address}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+        self._ray(["start", f"--address={self.address}", "--node-ip-address=127.0.0.1", f"--num-cpus={cpus}",
                    f"--temp-dir={tmp}",
                    "--num-gpus=0", f"--resources={json.dumps(resources)}", f"--node-manager-port={nm}",
                    f"--object-manager-port={free_port()}", f"--metrics-export-port={free_port()}",

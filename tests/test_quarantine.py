@@ -1,7 +1,8 @@
 """A node that fails trials at once with the same deterministic error gets no new trials, on a real 3-raylet cluster;
 the last node that can run a trial is never quarantined (the callback alone, on made-up nodes and results).
 
-The head holds no ``trial_slot``, so trials run only on the two joined nodes, one at a time each. Node B is started
+The head holds no ``trial_slot``, so trials run only on the two joined nodes: one at a time on node A, two at once
+on node B, so that the first three trials take every slot and B gets two of them whatever the timing. Node B is started
 with ``ISP_SEARCH_FAIL_TRIALS`` (:mod:`isp_search.search.faults`): every trial there raises FileNotFoundError on a
 path naming the trial, before its first evaluation, as on a node whose storage mount is missing. The node check
 passes it (it cannot see this). After B's second such failure the search quarantines it: one line names it, and
@@ -27,10 +28,10 @@ from isp_search.search.reconcile import RAY_TRIAL_ATTR
 
 SMOKE_CFG = Path(__file__).resolve().parents[1] / "configs" / "smoke_unpaired.yaml"
 MISSING = "/mnt/isp-search/exp/q1/trial_{trial}/run: no such directory"
-# B fails two. Trials reuse A's worker while B starts a new one (worker_reuse.py), and a trial still pending when
-# no more are to be created takes A's freed worker instead of B's starting one: enough trials must remain for B's
-# second worker to come up (on 2 loaded cores it takes longer than three of A's trials)
-TRIALS = 8
+# The first three trials fill A's one slot and B's two, so B gets two whatever the timing. With one slot on B, B's
+# second trial waited for a new worker there, and A's reused worker took it (worker_reuse.py): 1 of 8 trials on B.
+TRIALS = 5
+STEPS = 4
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def head():
     body = running_head()
     h = next(body)
     h.add_node({"trial_slot": 1})  # node A
-    h.add_node({"trial_slot": 1}, env={"ISP_SEARCH_FAIL_TRIALS": MISSING})  # node B
+    h.add_node({"trial_slot": 2}, env={"ISP_SEARCH_FAIL_TRIALS": MISSING}, cpus=2)  # node B
     yield h
     body.close()
 
@@ -49,10 +50,10 @@ def write_space(tmp: Path) -> Path:
 name: quarantine
 base:
   config: {SMOKE_CFG}
-  overrides: {{train.steps: 2, train.eval_interval: 1}}
+  overrides: {{train.steps: {STEPS}, train.eval_interval: {STEPS // 2}}}
 space:
   optim.d_color_lr: {{type: float, low: 1.0e-6, high: 1.0e-4, log: true}}
-search: {{sampler: random, seed: 0, num_samples: {TRIALS}, max_concurrent: 2, max_failures: 0}}
+search: {{sampler: random, seed: 0, num_samples: {TRIALS}, max_concurrent: 3, max_failures: 0}}
 scheduler: {{type: none}}
 confirm: {{seeds: 0}}
 resources: {{cpu: 1, custom: {{trial_slot: 1}}}}
@@ -84,7 +85,8 @@ def test_a_node_failing_trials_at_once_is_quarantined_after_two(head, tmp_path):
     assert r.returncode == 0, out[-4000:]
 
     errors = error_reports(tmp_path / "exp" / "q1")
-    assert len(errors) == 2, (sorted(errors), out[-4000:])  # node B got exactly two trials
+    # node B gets its two; a trial created between its two failures may still go there (placed trials keep their node)
+    assert 2 <= len(errors) <= 3, (sorted(errors), out[-4000:])
     nodes = {e["error_node"] for e in errors.values()}
     assert len(nodes) == 1, nodes
     node_b = nodes.pop()
@@ -101,10 +103,13 @@ def test_a_node_failing_trials_at_once_is_quarantined_after_two(head, tmp_path):
     meta = json.loads((tmp_path / "exp" / "q1" / "isp_search.json").read_text())
     trials = load_study(meta["study_name"], meta["optuna_storage"]).trials
     assert len(trials) == TRIALS and len({t.user_attrs[RAY_TRIAL_ATTR] for t in trials}) == TRIALS
-    failed = {t.user_attrs[RAY_TRIAL_ATTR] for t in trials if t.state.name == "FAIL"}
-    assert failed == set(errors), out[-4000:]
+    failed = sorted((t for t in trials if t.state.name == "FAIL"), key=lambda t: t.datetime_complete)
+    assert {t.user_attrs[RAY_TRIAL_ATTR] for t in failed} == set(errors), out[-4000:]
+    quarantined_at = failed[1].datetime_complete  # the second failure: from then on trials are kept off B
+    late = [t.number for t in failed[2:] if t.datetime_start >= quarantined_at]
+    assert not late, (late, out[-4000:])  # a trial created after the quarantine went to B
     # every other trial ran on node A (node B fails every trial it starts) and completed
-    assert sorted(t.state.name for t in trials if t.state.name != "FAIL") == ["COMPLETE"] * (TRIALS - 2), out[-4000:]
+    assert sorted(t.state.name for t in trials if t.state.name != "FAIL") == ["COMPLETE"] * (TRIALS - len(failed))
 
 
 def test_the_last_node_that_can_run_a_trial_is_never_quarantined(monkeypatch, capsys):
@@ -132,3 +137,20 @@ def test_the_last_node_that_can_run_a_trial_is_never_quarantined(monkeypatch, ca
                     "FileNotFoundError: /x/trial_00000003/run, but it is the last node that can run a trial: it "
                     "stays in use, and the trials sent there go on failing")], out
     assert resources({}) == only_a  # new trials may still go to B
+
+
+def test_trials_created_after_the_quarantine_are_kept_off_the_node(monkeypatch, capsys):
+    """On the cluster above, A's reused worker takes every trial left (worker_reuse.py), so where trials run does not
+    show the exclusion; the placement of each new trial does."""
+    a, b, c = "a" * 56, "b" * 56, "c" * 56
+    monkeypatch.setattr(quarantine, "trial_nodes", lambda space: [{"NodeID": n, "NodeManagerAddress": f"10.0.0.{i}"}
+                                                                  for i, n in enumerate((a, b, c), 1)])
+    resources = trial_resources({"CPU": 1.0}, "kept-off-study", checked_out=[c])
+    watch = NodeQuarantine(space=None, study="kept-off-study")
+    for trial_id in ("00000001", "00000002"):
+        watch.on_trial_result(0, [], type("Trial", (), {"trial_id": trial_id})(),
+                              {"trial_status": "error", "error_deterministic": 1, "error_node": b,
+                               "fail_reason": f"FileNotFoundError: /x/trial_{trial_id}/run",
+                               "iterations_since_restore": 1})
+    assert capsys.readouterr().out.startswith(f"nodes: quarantined node 10.0.0.2 ({b[:8]}): 2 trials failed")
+    assert resources({}) == tune.PlacementGroupFactory([{"CPU": 1.0}], bundle_label_selector=[node_selector([b, c])])
