@@ -143,7 +143,7 @@ def _study_value_reads_it_back(exp: Path, trials) -> None:
     from isp_search.diagnostics.scheduler_sim import hypervolume
     from isp_search.diagnostics.study_value import format_report, read_study
 
-    v = read_study(exp)
+    v = read_study(os.path.relpath(exp))  # as typed: `isp-search study-value results/search/synth-tpe`
     assert v.states == {"COMPLETE": 2, "FAIL": 1} and v.sampler == "tpe" and v.slots == 1
     ref = tuple(trials[0].values)  # no start (trained from scratch): the default point, trial #0
     assert v.hypervolume_at(3) == hypervolume([tuple(t.values) for t in trials if t.state.name == "COMPLETE"], ref)

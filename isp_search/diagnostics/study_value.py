@@ -127,33 +127,36 @@ def value_lines(v: StudyValue) -> list[str]:
     n = sum(v.states.values())
     lines = [f"study {v.name}: {n} trials (" + ", ".join(f"{c} {s}" for s, c in sorted(v.states.items())) + ")",
              "  val and test, mean ± sd over n training runs (the start is one checkpoint, measured once):",
-             f"    {'':10s} {'n':>2s}  {'val lpips':>17s}  {'val psnr':>13s}  {'test lpips':>17s}  {'test psnr':>13s}"]
+             f"    {'':12s} {'n':>2s}  {'val lpips':>17s}  {'val psnr':>13s}  {'test lpips':>17s}  {'test psnr':>13s}"]
     s = v.start
     if s.get("val"):
-        lines.append(f"    {'start':10s} {1:2d}  {s['val']['lpips']:17.4f}  {s['val']['psnr']:13.2f}  "
+        lines.append(f"    {'start':12s} {1:2d}  {s['val']['lpips']:17.4f}  {s['val']['psnr']:13.2f}  "
                      f"{s.get('test', {}).get('lpips', math.nan):17.4f}  {s.get('test', {}).get('psnr', math.nan):13.2f}")
     for c in v.confirmed:
         m, sd = c["mean"], c["sd"]
         label = f"{c['role']} #{c['number']}"
-        lines.append(f"    {label:10s} {c['n']:2d}  {_pm(m['val/lpips'], sd['val/lpips'], 4):>17s}  "
+        lines.append(f"    {label:12s} {c['n']:2d}  {_pm(m['val/lpips'], sd['val/lpips'], 4):>17s}  "
                      f"{_pm(m['val/psnr'], sd['val/psnr'], 2):>13s}  {_pm(m['test/lpips'], sd['test/lpips'], 4):>17s}  "
                      f"{_pm(m['test/psnr'], sd['test/psnr'], 2):>13s}")
     return lines
 
 
 def hypervolume_lines(studies: Sequence[StudyValue], every: int = 8) -> list[str]:
-    """Hypervolume beyond each study's start after k trials, k = every, 2 every, ..., and in % of the best."""
-    n = max(sum(v.states.values()) for v in studies)
-    ks = sorted({*range(every, n + 1, every), n})
-    hv = {v.name: [v.hypervolume_at(k) for k in ks] for v in studies}
-    top = max((x for xs in hv.values() for x in xs), default=0.0) or math.nan
+    """Hypervolume beyond each study's start after k trials, k = every, 2 every, ..., and in % of the best; a study
+    that ran fewer than k trials shows none (its value would only repeat the last)."""
+    runs = {v.name: sum(v.states.values()) for v in studies}
+    n = max(runs.values())
+    ks = sorted({*range(every, n + 1, every), *runs.values()})
+    hv = {v.name: [v.hypervolume_at(k) if k <= runs[v.name] else math.nan for k in ks] for v in studies}
+    top = max((x for xs in hv.values() for x in xs if math.isfinite(x)), default=0.0) or math.nan
     refs = sorted({v.reference[1] for v in studies})
     lines = [(f"hypervolume (val LPIPS x val PSNR) beyond the reference point ({', '.join(refs)}), by trials run; "
               "in % of the largest:"),
              "  trials  " + "  ".join(f"{v.name + ' (' + v.sampler + ')':>24s}" for v in studies)]
     for i, k in enumerate(ks):
         lines.append(f"  {k:6d}  " + "  ".join(f"{hv[v.name][i]:14.5f} {100 * hv[v.name][i] / top:6.1f} %  "
-                                                for v in studies))
+                                                if math.isfinite(hv[v.name][i]) else f"{'—':>24s}"
+                                                for v in studies).rstrip())
     return lines
 
 

@@ -10,6 +10,7 @@ read and write goes through ``pyarrow.fs``.
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -41,8 +42,8 @@ class Experiment:
 
 
 def filesystem(uri: str) -> tuple[pyarrow.fs.FileSystem, str]:
-    """The file system and path of a local path or URI."""
-    return pyarrow.fs.FileSystem.from_uri(uri)
+    """The file system and path of a local path (relative: to the working directory) or URI."""
+    return pyarrow.fs.FileSystem.from_uri(uri if "://" in uri else os.path.abspath(uri))
 
 
 def read_json(uri: str) -> dict | None:
