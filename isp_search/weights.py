@@ -18,12 +18,12 @@ import hashlib
 import importlib.util
 import os
 import shutil
-from collections.abc import Iterable
+import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import timm
 import torch
 import torchvision
 from huggingface_hub import hf_hub_download
@@ -34,6 +34,27 @@ from torch.hub import download_url_to_file
 from isp_search.errors import UserError
 from isp_search.hashing import file_sha256
 from isp_search.registry import Registry
+
+
+@contextlib.contextmanager
+def _hidden(module: str) -> Iterator[None]:
+    """``import <module>`` raises ImportError inside (a ``None`` entry in ``sys.modules``), unless it is loaded."""
+    if module in sys.modules:
+        yield
+        return
+    sys.modules[module] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        if sys.modules.get(module, 0) is None:
+            del sys.modules[module]
+
+
+# timm.utils (loaded by every timm model module) imports wandb when it is installed, for its training scripts' W&B
+# logging, which isp-search never calls: 4.3 of the 4.7 s timm took to load in every trial worker, node check and
+# driver (2-core machine, 2026-12-07). Our own W&B tracking (Ray Tune's logger) imports wandb itself, unhindered.
+with _hidden("wandb"):
+    import timm
 
 WeightsMode = Literal["pretrained", "random"]
 MODES = ("pretrained", "random")

@@ -1,6 +1,7 @@
 """The package's import graph: no cycle, and no import inside a function except a deliberate deferral of a heavy
-optional library (TensorFlow, onnx2tf, LiteRT, ONNX Runtime, qai-hub, the MLflow and W&B loggers) or of
-TensorBoard, each with a ``# deferred:`` comment on the line above saying why."""
+optional library (TensorFlow, onnx2tf, LiteRT, ONNX Runtime, qai-hub, the MLflow and W&B loggers), of TensorBoard,
+or of a library that is slow to load and needed by few processes (onnx, colour-demosaicing), each with a
+``# deferred:`` comment on the line above saying why."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "isp_search"
 DEFERRABLE = {"tensorflow", "onnx2tf", "ai_edge_litert", "onnxruntime", "qai_hub", "torch.utils.tensorboard",
-              "ray.air.integrations.mlflow", "ray.air.integrations.wandb"}  # import mlflow / wandb: tracking only
+              "ray.air.integrations.mlflow", "ray.air.integrations.wandb",  # import mlflow / wandb: tracking only
+              # 1-2 s each at import, in every trial worker, node check and driver that imports the module:
+              "onnx", "colour_demosaicing"}  # onnx where a model is exported; colour where a RAW is demosaiced
 
 
 def _module(path: Path) -> str:
@@ -76,12 +79,19 @@ def test_function_level_imports_are_deliberate_deferrals():
     assert not bad, "imports inside functions:\n" + "\n".join(bad)
 
 
+def _type_checking_only(tree: ast.AST) -> set[int]:
+    """ids of the import statements under ``if TYPE_CHECKING:`` (read by type checkers, never run)."""
+    return {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and getattr(block.test, "id", "") ==
+            "TYPE_CHECKING" for stmt in block.body for n in ast.walk(stmt) if isinstance(n, (ast.Import, ast.ImportFrom))}
+
+
 def test_heavy_optional_libraries_load_only_where_used():
     """TensorFlow (also through TensorBoard or onnx2tf) at module level would load it in every process that imports
     the module: seconds each, and triton (torchvision's compiler) crashes once TensorFlow is in."""
     bad = []
     for p in sorted(PACKAGE.rglob("*.py")):
-        for node in _imports(ast.parse(p.read_text()), local=False):
+        tree = ast.parse(p.read_text())
+        for node in [n for n in _imports(tree, local=False) if id(n) not in _type_checking_only(tree)]:
             name = node.names[0].name if isinstance(node, ast.Import) else node.module or ""
             if any(name == d or name.startswith(d + ".") for d in DEFERRABLE):
                 bad.append(f"{p.relative_to(PACKAGE.parent)}:{node.lineno}: {name}")

@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Callable
 
-import colour_demosaicing as cd
 import cv2
 import numpy as np
 
@@ -23,6 +22,15 @@ from isp_search.registry import Registry
 
 Demosaicer = Callable[[np.ndarray], np.ndarray]
 DEMOSAICERS: Registry[Demosaicer] = Registry("demosaicer")
+
+
+def _colour_demosaicing():
+    """colour-demosaicing, loaded on first use: it loads ``colour`` (1-2 s), which a trial reading the reference
+    caches never needs."""
+    # deferred: colour (1-2 s at import) is needed only where a cache is built or a RAW demosaiced on the fly
+    import colour_demosaicing
+
+    return colour_demosaicing
 
 
 def _as_float(raw: np.ndarray) -> np.ndarray:
@@ -35,19 +43,19 @@ def _as_float(raw: np.ndarray) -> np.ndarray:
 @DEMOSAICERS.register("menon2007")
 def menon2007(raw: np.ndarray) -> np.ndarray:
     """Menon et al. 2007 (DDFAPD with refining step), the authors' reference demosaicer (docs/method.md §4.2)."""
-    return cd.demosaicing_CFA_Bayer_Menon2007(_as_float(raw), "RGGB").astype(np.float32)
+    return _colour_demosaicing().demosaicing_CFA_Bayer_Menon2007(_as_float(raw), "RGGB").astype(np.float32)
 
 
 @DEMOSAICERS.register("malvar2004")
 def malvar2004(raw: np.ndarray) -> np.ndarray:
     """Malvar, He and Cutler 2004 gradient-corrected linear interpolation."""
-    return cd.demosaicing_CFA_Bayer_Malvar2004(_as_float(raw), "RGGB").astype(np.float32)
+    return _colour_demosaicing().demosaicing_CFA_Bayer_Malvar2004(_as_float(raw), "RGGB").astype(np.float32)
 
 
 @DEMOSAICERS.register("bilinear")
 def bilinear(raw: np.ndarray) -> np.ndarray:
     """Bilinear interpolation (colour-demosaicing)."""
-    return cd.demosaicing_CFA_Bayer_bilinear(_as_float(raw), "RGGB").astype(np.float32)
+    return _colour_demosaicing().demosaicing_CFA_Bayer_bilinear(_as_float(raw), "RGGB").astype(np.float32)
 
 
 # OpenCV names a Bayer pattern by the 2x2 block starting at the second row and second column, so an RGGB

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import onnx
 import torch
 
 # Relative error (max |diff| / max |PyTorch|) above which an op output no longer matches any PyTorch activation.
@@ -58,6 +57,9 @@ def tflite_activations(path: str | os.PathLike, x_nchw: np.ndarray) -> list[tupl
 
 def onnx_activations(path: str | os.PathLike, x_nchw: np.ndarray) -> list[tuple[str, np.ndarray]]:
     """(node name, output) of every node of an ONNX graph, in graph order."""
+    # deferred: onnx (1-2 s at import) loads only in a process that exports
+    import onnx
+
     # deferred: ONNX Runtime loads only where an ONNX file is run
     import onnxruntime as ort
 

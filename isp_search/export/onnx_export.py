@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
 import torch
-from onnx import numpy_helper
 from torch import nn
 
 from isp_search.models.registry import BackboneSpec
+
+if TYPE_CHECKING:
+    import onnx
 
 OPSET = 17
 
@@ -41,6 +43,9 @@ def _producer(graph: onnx.GraphProto, tensor: str) -> onnx.NodeProto | None:
 
 def fold_crd_to_dcr(model: onnx.ModelProto) -> int:
     """Rewrite every CRD DepthToSpace fed (through element-wise activations) by a Conv. Returns how many."""
+    # deferred: onnx (1-2 s at import) loads only in a process that exports; a trial imports this module always
+    from onnx import numpy_helper
+
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     folded = 0
@@ -70,6 +75,9 @@ def fold_crd_to_dcr(model: onnx.ModelProto) -> int:
 def export_onnx(model: nn.Module, spec: BackboneSpec, path: str | os.PathLike, height: int, width: int,
                 fold_dcr: bool = True) -> dict:
     """Export ``model`` at a static shape; returns facts for export.json (op types, folds)."""
+    # deferred: onnx (1-2 s at import) loads only in a process that exports; a trial imports this module always
+    import onnx
+
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     x = example_input(spec, height, width)

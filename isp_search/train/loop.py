@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sys
 import time
+import types
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -136,6 +138,10 @@ def train(cfg: TrainConfig, run_dir: str | Path, report: Report | None = None,
     start_step = step
 
     evaluator = Evaluator(("psnr", "ssim", "lpips"), cfg.backbone_weights, device)
+    # TensorBoard's own stub of the TensorFlow API, not TensorFlow: the ``tensorboard.compat.notf`` marker (its
+    # no_tensorflow build option) makes tensorboard.compat pick the stub, which writes the same event files. With
+    # TensorFlow installed it was imported instead: 7 s of every run's start on a 2-core machine (2026-12-07).
+    sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
     # deferred: tensorboard imports TensorFlow when it is installed (seconds, and triton crashes after it)
     from torch.utils.tensorboard import SummaryWriter
 
