@@ -78,6 +78,11 @@ def test_resume_is_exact_and_run_folder(synth_root, tmp_path):
     assert Path(reports[0][2], "last.pt").is_file()
     train(apply_overrides(cfg, {"train.steps": 2}), tmp_path / "b")
     (tmp_path / "b" / "metrics.jsonl").open("a").write('{"kind": "train", "step": 3, "loss/total": 1.0}\n{"ki')
+    # deferred: tensorboard imports TensorFlow when it is installed (seconds), for this test only
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(tmp_path / "b" / "tb")) as w:  # ... and after step 3's TensorBoard scalar
+        w.add_scalar("loss/total", 1.0, 3)
     resumed = train(cfg, tmp_path / "b", resume=tmp_path / "b")  # as if killed mid-way through step 3's row
     assert straight["status"] == resumed["status"] == "completed"
     times = [j for j in read_jsonl(tmp_path / "a" / "metrics.jsonl") if j["kind"] == "time"]
@@ -102,6 +107,17 @@ def test_resume_is_exact_and_run_folder(synth_root, tmp_path):
                  "samples/step_000002.png", "samples/step_000004.png"):
         assert (run / name).is_file(), name
     assert list((run / "tb").glob("events.out.tfevents.*"))
+    # TensorBoard (written with its own TensorFlow stub, not TensorFlow): the resumed run has each step once, as the
+    # straight run
+    # deferred: tensorboard imports TensorFlow when it is installed (seconds), for this test only
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = {}
+    for r in "ab":
+        events = EventAccumulator(str(tmp_path / r / "tb"))
+        events.Reload()
+        tb[r] = {tag: [e.step for e in events.Scalars(tag)] for tag in ("loss/total", "val/psnr")}
+    assert tb["a"] == {"loss/total": [1, 2, 3, 4], "val/psnr": [2, 4]} and tb["b"] == tb["a"], tb
     assert json.loads((run / "run.json").read_text())["seed"] == 0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed" and {"psnr", "ssim", "lpips"} <= set(summary["test"])
