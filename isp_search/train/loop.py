@@ -147,8 +147,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, report: Report | None = None,
 
     # A resumed run writes again every step after its checkpoint's: TensorBoard drops the older events from
     # purge_step on. The checkpoint's own step is not repeated, so it is kept (purge_step=step lost its train and
-    # val scalars).
-    tb = SummaryWriter(str(run_dir / "tb"), purge_step=step + 1)
+    # val scalars). A new run purges nothing.
+    tb = SummaryWriter(str(run_dir / "tb"), purge_step=step + 1 if resume is not None else None)
     st.truncate_log(run_dir / "metrics.jsonl", step if resume is not None else -1)  # each step's rows once
     log = (run_dir / "metrics.jsonl").open("a")
 
